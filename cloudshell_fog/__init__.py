@@ -1,0 +1,3 @@
+"""cloudshell-fog: a Twisted gateway that gives people a shell in their browser or terminal."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,422 @@
+"""
+Configuration: environment variables and the two YAML files, validated into
+frozen dataclasses.
+
+Every problem raises L{ConfigError} naming where it was found (the file or the
+environment variable), the key, and what is wrong, in one line, so that
+start-up can stop with that line and no traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+from twisted.internet.endpoints import quoteStringArgument
+
+PACKAGE_DEFAULTS = Path(__file__).parent / "defaults"
+
+DEVELOPMENT = "development"
+PRODUCTION = "production"
+
+TIERS = ("fog", "cloud")
+CONNECTORS = ("local",)
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class ConfigError(Exception):
+    """
+    A configuration problem, rendered as one line: C{where: key: problem}.
+    """
+
+    def __init__(self, where: str, key: str, problem: str):
+        self.where, self.key, self.problem = where, key, problem
+        super().__init__(f"{where}: {key}: {problem}")
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    max_ttl_seconds: int
+    idle_timeout_seconds: int  # 0 disables the idle timeout
+    cpu: float
+    memory_mb: int
+    allowed_groups: tuple[str, ...]  # empty: everyone may use the profile
+    image_ref: str | None  # default image when the request names none
+
+
+@dataclass(frozen=True)
+class ImageRules:
+    allowed_registries: tuple[str, ...]  # empty: any registry
+    require_digest: bool
+
+
+@dataclass(frozen=True)
+class Policy:
+    profiles: Mapping[str, Profile]
+    max_sessions_per_subject: int
+    images: ImageRules
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    id: str
+    region: str
+    tier: str
+    connector: str
+    capacity: int
+    shell: tuple[str, ...]  # argv of the shell
+    work_root: str  # per-session working directories are created below it
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Config:
+    mode: str
+    listen: tuple[str, ...]  # Twisted server endpoint descriptions
+    public_url: str | None
+    oidc_issuer_url: str | None
+    oidc_audience: str | None
+    oidc_groups_claim: str
+    session_token_secret: bytes
+    dev_groups: tuple[str, ...]
+    policy_file: str
+    nodes_file: str
+    policy: Policy
+    nodes: tuple[NodeConfig, ...]
+    audit_log: str | None
+    terminated_retention_seconds: int
+    allowed_origins: tuple[str, ...]
+    scrollback_bytes: int
+    ws_max_message_bytes: int
+
+    @property
+    def development(self) -> bool:
+        return self.mode == DEVELOPMENT
+
+
+# ---------------------------------------------------------------- LISTEN_ADDR
+
+
+def listen_endpoint(value: str, where: str = "LISTEN_ADDR") -> str:
+    """
+    Map a listen address to a Twisted server endpoint description.
+
+    Accepts the reference's forms C{:8080}, C{127.0.0.1:9000}, C{[::1]:8080},
+    C{0.0.0.0:80}, and any Twisted endpoint description that names its type
+    (C{tcp:...}, C{ssl:...}, C{unix:...}).
+    """
+    value = value.strip()
+    if not value:
+        raise ConfigError(where, "address", "is empty; use a form like :8080 or 127.0.0.1:8080")
+    head = value.split(":", 1)[0]
+    if head in ("tcp", "tcp6", "ssl", "unix", "systemd"):
+        return value
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        raise ConfigError(
+            where, "address", f"{value!r} has no port; use a form like :8080 or 127.0.0.1:8080"
+        )
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(where, "port", f"{port!r} is not a port number (0-65535)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if ":" not in host:
+            raise ConfigError(where, "address", f"{value!r}: brackets are for IPv6 addresses only")
+    elif ":" in host:
+        raise ConfigError(where, "address", f"{value!r}: write an IPv6 address in brackets, as [::1]:8080")
+    description = f"tcp:{int(port)}"
+    if host:
+        description += ":interface=" + quoteStringArgument(host)
+    return description
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _load_yaml(path: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(path, "(file)", "does not exist") from None
+    except OSError as e:
+        raise ConfigError(path, "(file)", f"cannot be read: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        raise ConfigError(path, "(file)", f"is not valid YAML{at}: {problem}") from None
+
+
+class _Reader:
+    """Typed access to one mapping of a YAML file, with errors naming the key."""
+
+    def __init__(self, where: str, prefix: str, data: Any, known: tuple[str, ...]):
+        if not isinstance(data, dict):
+            raise ConfigError(where, prefix or "(top level)", "must be a mapping")
+        self.where, self.prefix, self.data = where, prefix, data
+        for key in data:
+            if key not in known:
+                raise ConfigError(
+                    where, self.key(str(key)), f"is not a known key (known: {', '.join(known)})"
+                )
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def fail(self, name: str, problem: str):
+        raise ConfigError(self.where, self.key(name), problem)
+
+    def get(self, name: str, default: Any = ...) -> Any:
+        if name in self.data and self.data[name] is not None:
+            return self.data[name]
+        if default is ...:
+            self.fail(name, "is required")
+        return default
+
+    def int(self, name: str, default: Any = ..., minimum: int = 0, maximum: int | None = None) -> int:
+        value = self.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.fail(name, f"must be an integer, not {value!r}")
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+            self.fail(name, f"must be {bound}, not {value}")
+        return value
+
+    def number(self, name: str, default: Any = ...) -> float:
+        value = self.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            self.fail(name, f"must be a positive number, not {value!r}")
+        return float(value)
+
+    def str(self, name: str, default: Any = ..., pattern: re.Pattern | None = None) -> Any:
+        value = self.get(name, default)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value:
+            self.fail(name, f"must be a non-empty string, not {value!r}")
+        if pattern is not None and not pattern.match(value):
+            self.fail(name, f"{value!r} must be letters, digits, '.', '_' or '-' (at most 63)")
+        return value
+
+    def bool(self, name: str, default: Any = ...) -> bool:
+        value = self.get(name, default)
+        if not isinstance(value, bool):
+            self.fail(name, f"must be true or false, not {value!r}")
+        return value
+
+    def strings(self, name: str, default: Any = ...) -> tuple[str, ...]:
+        value = self.get(name, default)
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+            self.fail(name, "must be a list of non-empty strings")
+        return tuple(value)
+
+
+# ---------------------------------------------------------------- policy.yaml
+
+_PROFILE_KEYS = (
+    "max_ttl_seconds",
+    "idle_timeout_seconds",
+    "cpu",
+    "memory_mb",
+    "allowed_groups",
+    "image_ref",
+)
+
+
+def load_policy(path: str) -> Policy:
+    """Load and validate a policy file; raise L{ConfigError} naming the key."""
+    from cloudshell_fog.images import ImageRefError, parse_image_ref
+
+    top = _Reader(path, "", _load_yaml(path), ("profiles", "quotas", "images"))
+    raw_profiles = top.get("profiles")
+    if not isinstance(raw_profiles, dict) or not raw_profiles:
+        top.fail("profiles", "must be a mapping with at least one profile")
+    profiles = {}
+    for name, body in raw_profiles.items():
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            top.fail("profiles", f"profile name {name!r} must be letters, digits, '.', '_' or '-'")
+        r = _Reader(path, f"profiles.{name}", body, _PROFILE_KEYS)
+        image_ref = r.str("image_ref", None)
+        if image_ref is not None:
+            try:
+                parse_image_ref(image_ref)
+            except ImageRefError as e:
+                r.fail("image_ref", str(e))
+        profiles[name] = Profile(
+            name=name,
+            max_ttl_seconds=r.int("max_ttl_seconds", minimum=1),
+            idle_timeout_seconds=r.int("idle_timeout_seconds", 0),
+            cpu=r.number("cpu", 1.0),
+            memory_mb=r.int("memory_mb", 1024, minimum=16),
+            allowed_groups=r.strings("allowed_groups", ()),
+            image_ref=image_ref,
+        )
+    quotas = _Reader(path, "quotas", top.get("quotas", {}), ("max_sessions_per_subject",))
+    images = _Reader(path, "images", top.get("images", {}), ("allowed_registries", "require_digest"))
+    return Policy(
+        profiles=profiles,
+        max_sessions_per_subject=quotas.int("max_sessions_per_subject", 10, minimum=1),
+        images=ImageRules(
+            allowed_registries=images.strings("allowed_registries", ()),
+            require_digest=images.bool("require_digest", False),
+        ),
+    )
+
+
+# ---------------------------------------------------------------- nodes.yaml
+
+_NODE_KEYS = ("id", "region", "tier", "connector", "capacity", "shell", "work_root", "env")
+
+
+def load_nodes(path: str) -> tuple[NodeConfig, ...]:
+    """Load and validate a nodes file; raise L{ConfigError} naming the key."""
+    top = _Reader(path, "", _load_yaml(path), ("nodes",))
+    raw = top.get("nodes")
+    if not isinstance(raw, list) or not raw:
+        top.fail("nodes", "must be a list with at least one node")
+    nodes, seen = [], set()
+    for index, body in enumerate(raw):
+        r = _Reader(path, f"nodes[{index}]", body, _NODE_KEYS)
+        node_id = r.str("id", pattern=_ID_RE)
+        if node_id in seen:
+            r.fail("id", f"{node_id!r} is used by two nodes")
+        seen.add(node_id)
+        tier = r.str("tier")
+        if tier not in TIERS:
+            r.fail("tier", f"must be one of {', '.join(TIERS)}, not {tier!r}")
+        connector = r.str("connector", "local")
+        if connector not in CONNECTORS:
+            r.fail("connector", f"must be one of {', '.join(CONNECTORS)}, not {connector!r}")
+        shell = r.strings("shell", ("/bin/bash", "-l"))
+        if not os.path.isabs(shell[0]):
+            r.fail("shell", f"the program {shell[0]!r} must be an absolute path")
+        if connector == "local" and not os.access(shell[0], os.X_OK):
+            r.fail("shell", f"{shell[0]} does not exist or is not executable on this host")
+        env = r.get("env", {})
+        if not isinstance(env, dict) or not all(
+            isinstance(k, str) and _ENV_NAME_RE.match(k) and isinstance(v, str) for k, v in env.items()
+        ):
+            r.fail("env", "must map variable names to string values")
+        work_root = r.str("work_root", "/tmp/cloudshell-fog/sessions")
+        if not os.path.isabs(work_root):
+            r.fail("work_root", f"{work_root!r} must be an absolute path")
+        nodes.append(
+            NodeConfig(
+                id=node_id,
+                region=r.str("region", pattern=_ID_RE),
+                tier=tier,
+                connector=connector,
+                capacity=r.int("capacity", minimum=1, maximum=100000),
+                shell=shell,
+                work_root=work_root,
+                env=dict(env),
+            )
+        )
+    return tuple(nodes)
+
+
+# ---------------------------------------------------------------- environment
+
+
+def _default_file(name: str) -> str:
+    """C{config/NAME} when run from a checkout, else the copy in the package."""
+    local = Path("config") / name
+    return str(local) if local.exists() else str(PACKAGE_DEFAULTS / name)
+
+
+def _env_int(env: Mapping[str, str], name: str, default: int, minimum: int, maximum: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(name, "value", f"{raw!r} is not an integer") from None
+    if not minimum <= value <= maximum:
+        raise ConfigError(name, "value", f"must be between {minimum} and {maximum}, not {value}")
+    return value
+
+
+def _env_list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in env.get(name, "").split(",") if part.strip())
+
+
+def load_config(
+    env: Mapping[str, str],
+    listen: list[str] | None = None,
+    policy_file: str | None = None,
+    nodes_file: str | None = None,
+) -> Config:
+    """
+    Build the whole configuration from the environment, with command-line
+    options (C{--listen}, C{--policy}, C{--nodes}) taking precedence.
+    """
+    mode = env.get("CLOUDSHELL_ENV", DEVELOPMENT).strip() or DEVELOPMENT
+    if mode not in (DEVELOPMENT, PRODUCTION):
+        raise ConfigError("CLOUDSHELL_ENV", "value", f"must be development or production, not {mode!r}")
+
+    addresses = listen or [env.get("LISTEN_ADDR", "").strip() or ":8080"]
+    endpoints = tuple(listen_endpoint(a, "--listen" if listen else "LISTEN_ADDR") for a in addresses)
+
+    public_url = env.get("PUBLIC_URL", "").strip().rstrip("/") or None
+    if public_url and not re.match(r"^https?://[^/\s?#]+(/[^\s?#]*)?$", public_url):
+        raise ConfigError("PUBLIC_URL", "value", f"{public_url!r} must be an http:// or https:// URL")
+
+    issuer = env.get("OIDC_ISSUER_URL", "").strip() or None
+    audience = env.get("OIDC_AUDIENCE", "").strip() or None
+    if issuer:
+        raise ConfigError(
+            "OIDC_ISSUER_URL",
+            "value",
+            "OIDC verification is not available in this build yet; unset it to run in development mode",
+        )
+    if mode == PRODUCTION:
+        raise ConfigError(
+            "CLOUDSHELL_ENV",
+            "value",
+            "production needs OIDC_ISSUER_URL, which this build cannot verify yet; use development",
+        )
+
+    secret_raw = env.get("SESSION_TOKEN_SECRET", "")
+    if secret_raw:
+        secret = secret_raw.encode("utf-8")
+        if len(secret) < 32:
+            raise ConfigError(
+                "SESSION_TOKEN_SECRET", "value", f"must be at least 32 bytes, it has {len(secret)}"
+            )
+    else:
+        secret = secrets.token_bytes(32)
+
+    policy_path = policy_file or env.get("POLICY_FILE", "").strip() or _default_file("policy.yaml")
+    nodes_path = nodes_file or env.get("NODES_FILE", "").strip() or _default_file("nodes.yaml")
+
+    return Config(
+        mode=mode,
+        listen=endpoints,
+        public_url=public_url,
+        oidc_issuer_url=issuer,
+        oidc_audience=audience,
+        oidc_groups_claim=env.get("OIDC_GROUPS_CLAIM", "").strip() or "groups",
+        session_token_secret=secret,
+        dev_groups=_env_list(env, "DEV_GROUPS"),
+        policy_file=policy_path,
+        nodes_file=nodes_path,
+        policy=load_policy(policy_path),
+        nodes=load_nodes(nodes_path),
+        audit_log=env.get("AUDIT_LOG", "").strip() or None,
+        terminated_retention_seconds=_env_int(env, "TERMINATED_RETENTION_SECONDS", 300, 0, 86400 * 7),
+        allowed_origins=_env_list(env, "ALLOWED_ORIGINS"),
+        scrollback_bytes=_env_int(env, "SCROLLBACK_BYTES", 128 * 1024, 0, 64 * 1024 * 1024),
+        ws_max_message_bytes=_env_int(env, "WS_MAX_MESSAGE_BYTES", 64 * 1024, 1024, 16 * 1024 * 1024),
+    )

@@ -1,0 +1,1 @@
+"""Where shells run: runtime connectors and their PTY streams."""

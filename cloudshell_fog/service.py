@@ -1,0 +1,139 @@
+"""
+The twistd plugin's service: C{Options} parses the command line and loads
+the configuration; C{makeService} wires the parts into a MultiService.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+
+from twisted.application import strports
+from twisted.application.internet import TimerService
+from twisted.application.service import MultiService, Service
+from twisted.logger import Logger
+from twisted.python import usage
+
+from cloudshell_fog.audit import Audit
+from cloudshell_fog.auth.attach import AttachTokens
+from cloudshell_fog.auth.dev import DevVerifier
+from cloudshell_fog.config import Config, ConfigError, load_config
+from cloudshell_fog.nodes import NodeInventory, NodeState
+from cloudshell_fog.runtime.local import LocalPtyConnector
+from cloudshell_fog.runtime.procs import become_subreaper, reap_orphans
+from cloudshell_fog.sessions import SessionManager
+from cloudshell_fog.web.api import Api, Root
+from cloudshell_fog.web.pty import make_ws_factory
+from cloudshell_fog.web.site import make_site
+
+log = Logger()
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Serve the cloudshell-fog gateway. Every option defaults from its "
+        "environment variable (see docs/configuration.md)."
+    )
+    optParameters = [
+        ["policy", None, None, "policy file (default: $POLICY_FILE, else config/policy.yaml)"],
+        ["nodes", None, None, "nodes file (default: $NODES_FILE, else config/nodes.yaml)"],
+        ["stop-grace", None, 5.0, "seconds shells get to end when the gateway stops", float],
+    ]
+
+    def opt_listen(self, description):
+        """address to listen on, repeatable (default: $LISTEN_ADDR, else :8080)"""
+        self.setdefault("listen", []).append(description)
+
+    def postOptions(self):
+        try:
+            self["config"] = load_config(
+                os.environ, self.get("listen"), self["policy"], self["nodes"]
+            )
+        except ConfigError as e:
+            # One line, no usage text, no traceback.
+            sys.stderr.write(f"cloudshell-fog: configuration error: {e}\n")
+            raise SystemExit(2) from None
+
+
+@dataclass
+class Parts:
+    config: Config
+    audit: Audit
+    sessions: SessionManager
+    inventory: NodeInventory
+    api: Api
+    site: object
+
+
+def build_parts(config: Config, reactor, clock=None) -> Parts:
+    """
+    Build the gateway's objects (no I/O).  C{clock} drives session lifetimes
+    (TTL, idle, retention, attach-token expiry) so tests can advance it;
+    everything on the data path uses C{reactor}.
+    """
+    clock = clock or reactor
+    audit = Audit(reactor, config.audit_log)
+    states = [NodeState(node, LocalPtyConnector(node, reactor)) for node in config.nodes]
+    inventory = NodeInventory(states)
+    tokens = AttachTokens(config.session_token_secret, clock)
+    sessions = SessionManager(
+        config.policy,
+        inventory,
+        tokens,
+        audit,
+        clock,
+        scrollback_bytes=config.scrollback_bytes,
+        retention_seconds=config.terminated_retention_seconds,
+        reactor=reactor,
+    )
+    api = Api(config, DevVerifier(config.dev_groups), sessions, tokens, audit,
+              make_ws_factory(config.ws_max_message_bytes))
+    return Parts(config, audit, sessions, inventory, api, make_site(Root(api), reactor))
+
+
+class SessionsService(Service):
+    """Opens the audit log first; ends every shell last."""
+
+    def __init__(self, parts: Parts, stop_grace: float):
+        self._parts, self._grace = parts, stop_grace
+
+    def startService(self):
+        super().startService()
+        self._parts.audit.open()
+        if not become_subreaper():
+            log.warn("could not become a child subreaper; orphans of shells go to init")
+        c = self._parts.config
+        log.info("cloudshell-fog starting in {mode} mode, policy {policy}, nodes {nodes}",
+                 mode=c.mode, policy=c.policy_file, nodes=c.nodes_file)
+
+    def stopService(self):
+        super().stopService()
+        d = self._parts.sessions.stop(self._grace)
+        d.addBoth(lambda _: self._parts.audit.close())
+        return d
+
+
+def makeService(options, reactor=None):
+    if reactor is None:
+        from twisted.internet import reactor  # the one place we touch the global reactor
+    config = options["config"]
+    parts = build_parts(config, reactor)
+    root = MultiService()
+    SessionsService(parts, options.get("stop-grace", 5.0)).setServiceParent(root)
+    reaper = TimerService(5, _reap)
+    reaper.clock = reactor
+    reaper.setServiceParent(root)
+    for description in config.listen:
+        strports.service(description, parts.site, reactor=reactor).setServiceParent(root)
+    if config.development:
+        log.warn("development mode: any non-empty bearer token is accepted; never expose this gateway")
+    return root
+
+
+def _reap():
+    try:
+        reap_orphans()
+    except Exception:
+        log.failure("reaping orphaned processes failed")

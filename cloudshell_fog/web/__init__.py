@@ -1,0 +1,1 @@
+"""The HTTP edge: the REST resource tree and the WebSocket attach."""

@@ -1,0 +1,405 @@
+"""
+The REST API: a plain twisted.web resource tree, every route visible in
+L{Root}, L{V1}, L{SessionsRoute} and L{SessionRoute}.
+
+Order of checks on a protected route: authentication (401) first, whatever
+else is wrong; then the method (405); then the body (413, 415, 400); then the
+handler.  Every error answers with the JSON body
+C{{"error": {"code", "message"[, "rule_id"]}}}.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from urllib.parse import urlsplit
+
+from autobahn.twisted.resource import WebSocketResource
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from cloudshell_fog.auth import AuthError, Principal
+from cloudshell_fog.auth.attach import looks_like_attach_token
+from cloudshell_fog.config import Config
+from cloudshell_fog.errors import ApiError, not_found
+from cloudshell_fog.images import ImageRefError, parse_image_ref
+from cloudshell_fog.policy import SessionRequest, may_use
+from cloudshell_fog.web.pty import AttachFactory
+
+MAX_BODY_BYTES = 64 * 1024
+_log = Logger()
+
+
+def header(request, name: bytes) -> str | None:
+    """A request header as text (HTTP headers are Latin-1), or None."""
+    value = request.getHeader(name)
+    return value.decode("latin-1") if value is not None else None
+
+
+def write_json(request, status: int, body, headers: dict[str, str] | None = None) -> None:
+    if request.finished or request._disconnected:
+        return
+    data = json.dumps(body, separators=(",", ":")).encode("utf-8")
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"no-store")
+    request.setHeader(b"content-length", str(len(data)).encode())
+    for name, value in (headers or {}).items():
+        request.setHeader(name.encode(), value.encode())
+    if request.method != b"HEAD":
+        request.write(data)
+    request.finish()
+
+
+def write_error(request, error: ApiError) -> None:
+    headers = dict(error.headers)
+    if error.status == 401:
+        headers.setdefault("WWW-Authenticate", f'Bearer realm="cloudshell-fog", error="invalid_token"')
+    write_json(request, error.status, error.body(), headers)
+
+
+class Route(Resource):
+    """
+    A route: C{methods} maps an HTTP method to an async handler
+    C{(request, principal) -> (status, body)}.  Children are found by
+    L{child}; anything else is a JSON 404.
+    """
+
+    protected = True
+
+    def __init__(self, api: "Api"):
+        super().__init__()
+        self.api = api
+        self.methods: dict[bytes, object] = {}
+
+    def child(self, name: bytes, request):
+        return None
+
+    def getChild(self, name, request):
+        found = self.child(name, request)
+        return found if found is not None else NotFound(self.api, self.protected)
+
+    def render(self, request):
+        d = Deferred.fromCoroutine(self._handle(request))
+        request.notifyFinish().addErrback(lambda _: d.cancel())
+        return NOT_DONE_YET
+
+    async def _handle(self, request):
+        try:
+            principal = await self.api.authenticate(request) if self.protected else None
+            handler = self.methods.get(request.method)
+            if handler is None and request.method == b"HEAD":
+                handler = self.methods.get(b"GET")
+            if handler is None:
+                allowed = ", ".join(sorted(m.decode() for m in self.methods))
+                raise ApiError(
+                    405,
+                    "method_not_allowed",
+                    f"{request.method.decode('ascii', 'replace')} is not allowed here; use {allowed}.",
+                    headers={"Allow": allowed},
+                )
+            status, body = await handler(request, principal)
+            write_json(request, status, body)
+        except ApiError as e:
+            write_error(request, e)
+        except CancelledError:
+            pass  # the client went away
+        except Exception:
+            _log.failure("unexpected error answering {method} {path}",
+                         method=request.method, path=request.path)
+            write_error(request, ApiError(500, "internal_error",
+                                          "The gateway hit an unexpected error; the gateway log has details."))
+
+
+class NotFound(Route):
+    def __init__(self, api, protected: bool):
+        super().__init__(api)
+        self.protected = protected
+
+    def getChild(self, name, request):
+        return self
+
+    async def _handle(self, request):
+        try:
+            if self.protected:
+                await self.api.authenticate(request)
+            raise ApiError(404, "not_found", "There is nothing at this path; see docs/api.md for the routes.")
+        except ApiError as e:
+            write_error(request, e)
+        except CancelledError:
+            pass
+
+
+class ErrorPage(Resource):
+    """A refusal answered before any handler runs (WebSocket upgrade checks)."""
+
+    isLeaf = True
+
+    def __init__(self, error: ApiError):
+        super().__init__()
+        self.error = error
+
+    def render(self, request):
+        write_error(request, self.error)
+        return NOT_DONE_YET
+
+
+# ---------------------------------------------------------------- routes
+
+
+class Root(Route):
+    protected = False
+
+    def child(self, name, request):
+        if name == b"healthz":
+            return Health(self.api)
+        if name == b"v1":
+            return V1(self.api)
+        return None
+
+
+class Health(Route):
+    protected = False
+
+    def __init__(self, api):
+        super().__init__(api)
+        self.methods = {b"GET": self.get}
+
+    async def get(self, request, principal):
+        return 200, {"status": "ok"}
+
+
+class V1(Route):
+    def child(self, name, request):
+        if name == b"sessions":
+            return SessionsRoute(self.api)
+        if name == b"profiles":
+            return ProfilesRoute(self.api)
+        return None
+
+
+class ProfilesRoute(Route):
+    def __init__(self, api):
+        super().__init__(api)
+        self.methods = {b"GET": self.get}
+
+    async def get(self, request, principal):
+        profiles = [
+            {
+                "name": p.name,
+                "max_ttl_seconds": p.max_ttl_seconds,
+                "idle_timeout_seconds": p.idle_timeout_seconds,
+                "cpu": p.cpu,
+                "memory_mb": p.memory_mb,
+            }
+            for p in self.api.sessions.policy.profiles.values()
+            if may_use(principal, p)
+        ]
+        return 200, {"profiles": profiles}
+
+
+class SessionsRoute(Route):
+    def __init__(self, api):
+        super().__init__(api)
+        self.methods = {b"POST": self.create, b"GET": self.list}
+
+    def child(self, name, request):
+        return SessionRoute(self.api, name.decode("utf-8", "replace"))
+
+    async def create(self, request, principal):
+        body = read_json_object(request)
+        session_request = parse_session_request(body)
+        session, grant = await self.api.sessions.create(principal, session_request)
+        return 201, {
+            "session_id": session.id,
+            "attach": {"ws_url": self.api.ws_url(request, session.id), **grant},
+            "placement": session.placement,
+        }
+
+    async def list(self, request, principal):
+        limit = _query(request, b"limit", "50")
+        if not limit.isdigit() or not 1 <= int(limit) <= 200:
+            raise ApiError(400, "invalid_limit", "limit must be an integer from 1 to 200.")
+        cursor = request.args.get(b"cursor", [None])[0]
+        cursor = cursor.decode("utf-8", "replace") if cursor is not None else None
+        page, next_cursor = self.api.sessions.list(principal, int(limit), cursor)
+        return 200, {"sessions": [s.describe() for s in page], "next_cursor": next_cursor}
+
+
+class SessionRoute(Route):
+    def __init__(self, api, session_id: str):
+        super().__init__(api)
+        self.session_id = _canonical_uuid(session_id)
+        self.methods = {b"GET": self.get, b"DELETE": self.delete}
+
+    def child(self, name, request):
+        if name == b"attach":
+            return AttachRoute(self.api, self.session_id)
+        if name == b"pty" and not request.postpath:
+            return self.api.pty_resource(request, self.session_id)
+        return None
+
+    async def get(self, request, principal):
+        return 200, self.api.sessions.get(principal, _require_id(self.session_id)).describe()
+
+    async def delete(self, request, principal):
+        await self.api.sessions.delete(principal, _require_id(self.session_id))
+        return 200, {"terminated": True}
+
+
+class AttachRoute(Route):
+    def __init__(self, api, session_id: str | None):
+        super().__init__(api)
+        self.session_id = session_id
+        self.methods = {b"POST": self.post}
+
+    async def post(self, request, principal):
+        session, grant = self.api.sessions.mint_attach(principal, _require_id(self.session_id))
+        return 200, {"session_id": session.id,
+                     "attach": {"ws_url": self.api.ws_url(request, session.id), **grant}}
+
+
+# ---------------------------------------------------------------- request parsing
+
+
+def _query(request, name: bytes, default: str) -> str:
+    return request.args.get(name, [default.encode()])[0].decode("utf-8", "replace")
+
+
+def _require_id(session_id: str | None) -> str:
+    if session_id is None:
+        raise not_found()
+    return session_id
+
+
+def _canonical_uuid(text: str) -> str | None:
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        return None
+
+
+def read_json_object(request) -> dict:
+    """The request body as a JSON object: 415 for another media type, 400 when it is not one."""
+    content_type = header(request, b"content-type")
+    if content_type is not None:
+        media = content_type.split(";", 1)[0].strip().lower()
+        if media != "application/json":
+            raise ApiError(415, "unsupported_media_type", "Send the body as JSON with Content-Type: application/json.")
+    request.content.seek(0)
+    raw = request.content.read(MAX_BODY_BYTES + 1)
+    if len(raw) > MAX_BODY_BYTES:
+        raise ApiError(413, "body_too_large", f"The request body is over {MAX_BODY_BYTES // 1024} KiB.")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "invalid_json", "The request body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_body", "The request body must be a JSON object.")
+    return body
+
+
+def _field_error(name: str, problem: str) -> ApiError:
+    return ApiError(400, "invalid_field", f"{name} {problem}.")
+
+
+def parse_session_request(body: dict) -> SessionRequest:
+    profile = body.get("profile")
+    if profile is None:
+        raise _field_error("profile", "is required (a profile name from GET /v1/profiles)")
+    if not isinstance(profile, str) or not profile:
+        raise _field_error("profile", "must be a non-empty string")
+    ttl = body.get("ttl_seconds")
+    if ttl is None:
+        raise _field_error("ttl_seconds", "is required (an integer number of seconds)")
+    if isinstance(ttl, bool) or not isinstance(ttl, int):
+        raise _field_error("ttl_seconds", "must be an integer number of seconds")
+    if ttl < 1:
+        raise _field_error("ttl_seconds", "must be at least 1")
+    hint = body.get("placement_hint")
+    if hint is not None and (not isinstance(hint, str) or not 0 < len(hint) <= 253):
+        raise _field_error("placement_hint", "must be a region or node id (a string of 1 to 253 characters)")
+    image_ref = body.get("image_ref")
+    if image_ref is not None:
+        if not isinstance(image_ref, str):
+            raise _field_error("image_ref", "must be a string")
+        try:
+            parse_image_ref(image_ref)
+        except ImageRefError as e:
+            raise ApiError(400, "invalid_image_ref", str(e) + ".") from None
+    return SessionRequest(profile=profile, ttl_seconds=ttl, placement_hint=hint or None, image_ref=image_ref)
+
+
+# ---------------------------------------------------------------- the API object
+
+
+class Api:
+    """What the routes share: configuration, the verifier, sessions, tokens."""
+
+    def __init__(self, config: Config, verifier, sessions, tokens, audit, ws_factory):
+        self.config = config
+        self.verifier = verifier
+        self.sessions = sessions
+        self.tokens = tokens
+        self.audit = audit
+        self.ws_factory = ws_factory
+
+    async def authenticate(self, request) -> Principal:
+        authorization = header(request, b"authorization")
+        if authorization is None:
+            raise ApiError(401, "missing_token", "Send an access token as Authorization: Bearer <token>.")
+        scheme, _, token = authorization.strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise ApiError(401, "invalid_token", "The Authorization header must be 'Bearer <token>'.")
+        if looks_like_attach_token(token):
+            raise ApiError(
+                401,
+                "attach_token_not_accepted",
+                "Attach tokens cannot create sessions or call the API; use your access token.",
+            )
+        try:
+            return await self.verifier.verify(token)
+        except AuthError as e:
+            raise ApiError(e.status, e.code, e.message) from None
+
+    def base_url(self, request) -> tuple[str, str]:
+        """C{(scheme, authority + path prefix)} of this gateway as the client reached it."""
+        if self.config.public_url:
+            parts = urlsplit(self.config.public_url)
+            return parts.scheme, parts.netloc + parts.path.rstrip("/")
+        host = (header(request, b"host") or "localhost").strip()
+        return ("https" if request.isSecure() else "http"), host
+
+    def ws_url(self, request, session_id: str) -> str:
+        scheme, authority = self.base_url(request)
+        return f"{'wss' if scheme == 'https' else 'ws'}://{authority}/v1/sessions/{session_id}/pty"
+
+    def origin_allowed(self, request) -> bool:
+        origin = header(request, b"origin")
+        if origin is None:
+            return True  # not a browser: nothing cross-site to protect against
+        origin = origin.strip().lower().rstrip("/")
+        if origin in (o.lower().rstrip("/") for o in self.config.allowed_origins):
+            return True
+        scheme, authority = self.base_url(request)
+        return origin == f"{scheme}://{authority.split('/', 1)[0]}".lower()
+
+    def pty_resource(self, request, session_id: str | None):
+        token = request.args.get(b"token", [b""])[0].decode("utf-8", "replace")
+        try:
+            grant = self.tokens.verify(token)
+        except AuthError as e:
+            return ErrorPage(ApiError(401, e.code, e.message))
+        if grant.session_id != session_id:
+            return ErrorPage(ApiError(403, "token_wrong_session",
+                                      "This attach token belongs to another session; use the one minted for this session."))
+        session = self.sessions.attachable(session_id, grant.subject)
+        if session is None:
+            return ErrorPage(not_found())
+        if not self.origin_allowed(request):
+            return ErrorPage(ApiError(403, "origin_not_allowed",
+                                      "This page's origin may not attach; an operator can add it to ALLOWED_ORIGINS."))
+        return WebSocketResource(AttachFactory(self.ws_factory, session, self.audit))

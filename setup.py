@@ -1,0 +1,32 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="cloudshell-fog",
+    version="0.1.0",
+    description="Browser and terminal shell gateway with fog-first placement",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    # twisted.plugins is a namespace directory shared with Twisted itself: it is
+    # listed explicitly (find_packages cannot see it) and has no __init__.py,
+    # or installing us would overwrite Twisted's own (STACK-NOTES section 1).
+    packages=find_packages(include=["cloudshell_fog", "cloudshell_fog.*"])
+    + ["twisted.plugins"],
+    package_data={"cloudshell_fog": ["defaults/*.yaml"]},
+    install_requires=[
+        "twisted[conch,tls]",
+        "autobahn[twisted]",
+        "pyjwt[crypto]",
+        "pyyaml",
+        "treq",
+    ],
+    extras_require={
+        "test": [
+            "pytest",
+            "pytest-twisted",
+            "websockets",
+            "hypothesis",
+            "pytest-timeout",
+        ],
+    },
+)
