@@ -29,6 +29,7 @@ from cloudshell_fog.policy import SessionRequest, may_use
 from cloudshell_fog.web.pty import AttachFactory
 
 MAX_BODY_BYTES = 64 * 1024
+NOT_FOUND_MESSAGE = "There is nothing at this path; see docs/api.md for the routes."
 _log = Logger()
 
 
@@ -89,6 +90,8 @@ class Route(Resource):
     async def _handle(self, request):
         try:
             principal = await self.api.authenticate(request) if self.protected else None
+            if not self.methods:
+                raise ApiError(404, "not_found", NOT_FOUND_MESSAGE)
             handler = self.methods.get(request.method)
             if handler is None and request.method == b"HEAD":
                 handler = self.methods.get(b"GET")
@@ -114,22 +117,14 @@ class Route(Resource):
 
 
 class NotFound(Route):
+    """Every path below an unknown one: a JSON 404 (after authentication when protected)."""
+
     def __init__(self, api, protected: bool):
         super().__init__(api)
         self.protected = protected
 
     def getChild(self, name, request):
         return self
-
-    async def _handle(self, request):
-        try:
-            if self.protected:
-                await self.api.authenticate(request)
-            raise ApiError(404, "not_found", "There is nothing at this path; see docs/api.md for the routes.")
-        except ApiError as e:
-            write_error(request, e)
-        except CancelledError:
-            pass
 
 
 class ErrorPage(Resource):
