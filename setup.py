@@ -27,6 +27,7 @@ setup(
             "websockets",
             "hypothesis",
             "pytest-timeout",
+            "wheel",  # the packaging test builds a wheel offline
         ],
     },
 )

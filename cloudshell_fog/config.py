@@ -26,9 +26,10 @@ PRODUCTION = "production"
 
 TIERS = ("fog", "cloud")
 CONNECTORS = ("local",)
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Patterns are used with fullmatch: "$" would also match before a trailing newline.
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+_NAME_RE = _ID_RE
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class ConfigError(Exception):
@@ -124,7 +125,7 @@ def listen_endpoint(value: str, where: str = "LISTEN_ADDR") -> str:
         raise ConfigError(
             where, "address", f"{value!r} has no port; use a form like :8080 or 127.0.0.1:8080"
         )
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
         raise ConfigError(where, "port", f"{port!r} is not a port number (0-65535)")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
@@ -149,6 +150,8 @@ def _load_yaml(path: str) -> Any:
         raise ConfigError(path, "(file)", "does not exist") from None
     except OSError as e:
         raise ConfigError(path, "(file)", f"cannot be read: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(path, "(file)", "is not UTF-8 text") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
@@ -165,9 +168,8 @@ class _Reader:
         self.where, self.prefix, self.data = where, prefix, data
         for key in data:
             if key not in known:
-                raise ConfigError(
-                    where, self.key(str(key)), f"is not a known key (known: {', '.join(known)})"
-                )
+                shown = key if isinstance(key, str) and key.isprintable() else repr(key)
+                raise ConfigError(where, self.key(shown), f"is not a known key (known: {', '.join(known)})")
 
     def key(self, name: str) -> str:
         return f"{self.prefix}.{name}" if self.prefix else name
@@ -203,7 +205,7 @@ class _Reader:
             return None
         if not isinstance(value, str) or not value:
             self.fail(name, f"must be a non-empty string, not {value!r}")
-        if pattern is not None and not pattern.match(value):
+        if pattern is not None and not pattern.fullmatch(value):
             self.fail(name, f"{value!r} must be letters, digits, '.', '_' or '-' (at most 63)")
         return value
 
@@ -244,8 +246,8 @@ def load_policy(path: str) -> Policy:
         top.fail("profiles", "must be a mapping with at least one profile")
     profiles = {}
     for name, body in raw_profiles.items():
-        if not isinstance(name, str) or not _NAME_RE.match(name):
-            top.fail("profiles", f"profile name {name!r} must be letters, digits, '.', '_' or '-'")
+        if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+            top.fail("profiles", f"profile name {name!r} must be letters, digits, '.', '_' or '-' (at most 63)")
         r = _Reader(path, f"profiles.{name}", body, _PROFILE_KEYS)
         image_ref = r.str("image_ref", None)
         if image_ref is not None:
@@ -299,13 +301,15 @@ def load_nodes(path: str) -> tuple[NodeConfig, ...]:
         if connector not in CONNECTORS:
             r.fail("connector", f"must be one of {', '.join(CONNECTORS)}, not {connector!r}")
         shell = r.strings("shell", ("/bin/bash", "-l"))
+        if not shell:
+            r.fail("shell", "must name a program (a list like [/bin/bash, -l])")
         if not os.path.isabs(shell[0]):
             r.fail("shell", f"the program {shell[0]!r} must be an absolute path")
         if connector == "local" and not os.access(shell[0], os.X_OK):
             r.fail("shell", f"{shell[0]} does not exist or is not executable on this host")
         env = r.get("env", {})
         if not isinstance(env, dict) or not all(
-            isinstance(k, str) and _ENV_NAME_RE.match(k) and isinstance(v, str) for k, v in env.items()
+            isinstance(k, str) and _ENV_NAME_RE.fullmatch(k) and isinstance(v, str) for k, v in env.items()
         ):
             r.fail("env", "must map variable names to string values")
         work_root = r.str("work_root", "/tmp/cloudshell-fog/sessions")

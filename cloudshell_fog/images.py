@@ -18,8 +18,8 @@ _REFERENCE = re.compile(
     rf"^(?:(?P<registry>{_REGISTRY})/)?"
     rf"(?P<path>{_COMPONENT}(?:/{_COMPONENT})*)"
     r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?"
-    r"(?:@(?P<digest>sha256:[0-9a-f]{64}))?$"
-)
+    r"(?:@(?P<digest>sha256:[0-9a-f]{64}))?"
+)  # used with fullmatch: "$" would accept a trailing newline
 MAX_LENGTH = 512
 
 
@@ -44,9 +44,9 @@ def parse_image_ref(text: str) -> ImageRef:
     """Parse C{text}; raise L{ImageRefError} with a sentence saying what is wrong."""
     if len(text) > MAX_LENGTH:
         raise ImageRefError(f"image_ref is longer than {MAX_LENGTH} characters")
-    match = _REFERENCE.match(text)
+    match = _REFERENCE.fullmatch(text)
     if match is None:
-        if "@" in text and not re.search(r"@sha256:[0-9a-f]{64}$", text):
+        if "@" in text and not re.search(r"@sha256:[0-9a-f]{64}\Z", text):
             raise ImageRefError("image_ref has a malformed digest; use name@sha256:<64 lowercase hex>")
         raise ImageRefError(
             "image_ref is not a valid OCI image reference (expected registry/name[:tag][@sha256:<64 hex>])"

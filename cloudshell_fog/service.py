@@ -9,9 +9,10 @@ import os
 import sys
 from dataclasses import dataclass
 
-from twisted.application import strports
-from twisted.application.internet import TimerService
+from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import MultiService, Service
+from twisted.internet import endpoints
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -28,6 +29,7 @@ from cloudshell_fog.web.pty import make_ws_factory
 from cloudshell_fog.web.site import make_site
 
 log = Logger()
+CLOSE_WAIT_SECONDS = 3.0  # how long shutdown waits for clients to answer the close
 
 
 class Options(usage.Options):
@@ -94,10 +96,14 @@ def build_parts(config: Config, reactor, clock=None) -> Parts:
 
 
 class SessionsService(Service):
-    """Opens the audit log first; ends every shell last."""
+    """
+    Opens the audit log first.  On stop (listeners already closed): ends
+    every shell, which sends each attachment its exit frame and close, waits
+    for those close handshakes (bounded), then closes the audit log.
+    """
 
-    def __init__(self, parts: Parts, stop_grace: float):
-        self._parts, self._grace = parts, stop_grace
+    def __init__(self, parts: Parts, stop_grace: float, reactor):
+        self._parts, self._grace, self._reactor = parts, stop_grace, reactor
 
     def startService(self):
         super().startService()
@@ -110,7 +116,9 @@ class SessionsService(Service):
 
     def stopService(self):
         super().stopService()
+        tracker = self._parts.api.ws_factory.tracker
         d = self._parts.sessions.stop(self._grace)
+        d.addBoth(lambda _: tracker.drained(self._reactor, CLOSE_WAIT_SECONDS))
         d.addBoth(lambda _: self._parts.audit.close())
         return d
 
@@ -121,15 +129,32 @@ def makeService(options, reactor=None):
     config = options["config"]
     parts = build_parts(config, reactor)
     root = MultiService()
-    SessionsService(parts, options.get("stop-grace", 5.0)).setServiceParent(root)
+    SessionsService(parts, options.get("stop-grace", 5.0), reactor).setServiceParent(root)
     reaper = TimerService(5, _reap)
     reaper.clock = reactor
     reaper.setServiceParent(root)
     for description in config.listen:
-        strports.service(description, parts.site, reactor=reactor).setServiceParent(root)
+        ListenService(reactor, description, parts.site).setServiceParent(root)
     if config.development:
         log.warn("development mode: any non-empty bearer token is accepted; never expose this gateway")
     return root
+
+
+class ListenService(StreamServerEndpointService):
+    """Listen on one endpoint; a port that cannot be had stops start-up with one line."""
+
+    def __init__(self, reactor, description: str, factory):
+        super().__init__(endpoints.serverFromString(reactor, description), factory)
+        self._description = description
+        self._raiseSynchronously = True  # as strports.service(): fail start-up, not just log
+
+    def privilegedStartService(self):
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            why = e.socketError.strerror if isinstance(e.socketError, OSError) else str(e.socketError)
+            sys.stderr.write(f"cloudshell-fog: cannot listen on {self._description}: {why}\n")
+            raise SystemExit(1) from None
 
 
 def _reap():

@@ -124,9 +124,9 @@ class TerminalHub:
             if self._flush_call.active():
                 self._flush_call.cancel()
             self._flush_call = None
-        self._last_flush = self._clock.seconds()
         if not self._pending_len:
             return
+        self._last_flush = self._clock.seconds()
         data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
         self._pending, self._pending_len = [], 0
         self.offset += len(data)

@@ -48,7 +48,7 @@ def parse_client_frame(payload: bytes, is_binary: bool) -> Stdin | Resize:
     if is_binary:
         raise BadFrame(POLICY_VIOLATION, "binary frames are not accepted; send JSON text frames")
     try:
-        frame = json.loads(payload)
+        frame = json.loads(payload.decode("utf-8"))  # bytes would let json guess UTF-16/32
     except (ValueError, UnicodeDecodeError):
         raise BadFrame(INVALID_DATA, "frame is not valid JSON") from None
     if not isinstance(frame, dict):

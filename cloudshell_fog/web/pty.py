@@ -13,6 +13,7 @@ message over the size limit (autobahn's own check).
 from __future__ import annotations
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -41,6 +42,35 @@ class _OutputFlow:
         self._protocol.hub.detach(self._protocol)
 
 
+class ConnectionTracker:
+    """The open attach sockets, so shutdown can wait for their close handshakes."""
+
+    def __init__(self):
+        self._open: set = set()
+        self._waiters: list[Deferred] = []
+
+    def __len__(self):
+        return len(self._open)
+
+    def opened(self, protocol) -> None:
+        self._open.add(protocol)
+
+    def closed(self, protocol) -> None:
+        self._open.discard(protocol)
+        if not self._open:
+            waiters, self._waiters = self._waiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def drained(self, clock, timeout: float) -> Deferred:
+        """Fires when every socket has closed, or after C{timeout} seconds."""
+        if not self._open:
+            return succeed(None)
+        d = Deferred()
+        self._waiters.append(d)
+        return d.addTimeout(timeout, clock).addErrback(lambda _: None)
+
+
 @implementer(IAttachment)
 class PtyWebSocket(WebSocketServerProtocol):
     _log = Logger()  # autobahn owns self.log
@@ -50,6 +80,14 @@ class PtyWebSocket(WebSocketServerProtocol):
     @property
     def hub(self):
         return self.session.hub
+
+    def connectionMade(self):
+        super().connectionMade()
+        self.factory.tracker.opened(self)
+
+    def connectionLost(self, reason):
+        super().connectionLost(reason)
+        self.factory.tracker.closed(self)
 
     def onOpen(self):
         # After the takeover, HTTPChannel is still the transport's producer
@@ -104,6 +142,7 @@ def make_ws_factory(max_message_bytes: int) -> WebSocketServerFactory:
     """The shared factory; origins are checked before the upgrade, not here."""
     factory = WebSocketServerFactory()
     factory.protocol = PtyWebSocket
+    factory.tracker = ConnectionTracker()
     factory.setProtocolOptions(
         maxMessagePayloadSize=max_message_bytes,
         maxFramePayloadSize=max_message_bytes,
