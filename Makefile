@@ -24,8 +24,10 @@ $(VENV)/.installed-test: setup.py | $(BIN)/python
 	$(PIP_INSTALL) '.[test]' $(EDITABLE)
 	touch $@ $(VENV)/.installed-run
 
+# Development mode accepts any bearer token, so `make run` listens on loopback
+# unless LISTEN_ADDR says otherwise (e.g. LISTEN_ADDR=:8080 make run).
 run: $(VENV)/.installed-run
-	$(BIN)/twistd --nodaemon --pidfile= cloudshell-fog
+	LISTEN_ADDR="$${LISTEN_ADDR:-127.0.0.1:8080}" $(BIN)/twistd --nodaemon --pidfile= cloudshell-fog
 
 system-deps:
 	@missing=""; for pair in $(SYSTEM_DEPS); do \

@@ -5,7 +5,9 @@ the configuration; C{makeService} wires the parts into a MultiService.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import sys
 from dataclasses import dataclass
 
@@ -136,8 +138,27 @@ def makeService(options, reactor=None):
     for description in config.listen:
         ListenService(reactor, description, parts.site).setServiceParent(root)
     if config.development:
-        log.warn("development mode: any non-empty bearer token is accepted; never expose this gateway")
+        exposed = [d for d in config.listen if not _loopback_only(d)]
+        log.warn(
+            "development mode: any non-empty bearer token is accepted{exposure}",
+            exposure=f"; and {', '.join(exposed)} is reachable from other hosts" if exposed
+            else " (listening on loopback only)",
+        )
     return root
+
+
+def _loopback_only(description: str) -> bool:
+    """True when an endpoint description listens on a loopback interface or a UNIX socket."""
+    if description.startswith("unix:"):
+        return True
+    match = re.search(r"(?:^|:)interface=((?:\\.|[^:\\])*)", description)
+    if match is None:
+        return False
+    interface = re.sub(r"\\(.)", r"\1", match.group(1))
+    try:
+        return ipaddress.ip_address(interface).is_loopback
+    except ValueError:
+        return interface == "localhost"
 
 
 class ListenService(StreamServerEndpointService):
