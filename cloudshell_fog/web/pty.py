@@ -96,7 +96,7 @@ class PtyWebSocket(WebSocketServerProtocol):
         self.transport.registerProducer(_OutputFlow(self), True)
         self._attached = True
         self.audit.emit(events.SESSION_ATTACHED, self.session.id, self.session.subject,
-                        attachments=self.hub.attachments + 1)
+                        self.session.placement, attachments=self.hub.attachments + 1)
         self.hub.attach(self)
 
     def onMessage(self, payload, isBinary):
@@ -108,7 +108,7 @@ class PtyWebSocket(WebSocketServerProtocol):
         if isinstance(frame, Resize):
             self.hub.resize(frame.cols, frame.rows)
             self.audit.emit(events.PTY_RESIZE, self.session.id, self.session.subject,
-                            cols=frame.cols, rows=frame.rows)
+                            self.session.placement, cols=frame.cols, rows=frame.rows)
         else:
             self.hub.write(frame.data)
 
@@ -116,7 +116,8 @@ class PtyWebSocket(WebSocketServerProtocol):
         if getattr(self, "_attached", False):
             self._attached = False
             self.hub.detach(self)
-            self.audit.emit(events.SESSION_DETACHED, self.session.id, self.session.subject, close_code=code)
+            self.audit.emit(events.SESSION_DETACHED, self.session.id, self.session.subject,
+                            self.session.placement, close_code=code)
 
     # -- IAttachment
 
