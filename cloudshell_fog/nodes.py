@@ -31,6 +31,9 @@ class NodeInventory:
     def views(self) -> list[NodeView]:
         return [s.view() for s in self._states.values()]
 
+    def connectors(self) -> list:
+        return [s.connector for s in self._states.values()]
+
     def connector(self, node_id: str):
         return self._states[node_id].connector
 

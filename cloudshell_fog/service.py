@@ -107,9 +107,17 @@ class SessionsService(Service):
     def __init__(self, parts: Parts, stop_grace: float, reactor):
         self._parts, self._grace, self._reactor = parts, stop_grace, reactor
 
+    def privilegedStartService(self):
+        super().privilegedStartService()
+        try:
+            self._parts.audit.open()
+        except OSError as e:
+            sys.stderr.write(f"cloudshell-fog: configuration error: AUDIT_LOG: value: "
+                             f"cannot open {self._parts.config.audit_log}: {e.strerror}\n")
+            raise SystemExit(2) from None
+
     def startService(self):
         super().startService()
-        self._parts.audit.open()
         if not become_subreaper():
             log.warn("could not become a child subreaper; orphans of shells go to init")
         c = self._parts.config
@@ -120,6 +128,7 @@ class SessionsService(Service):
         super().stopService()
         tracker = self._parts.api.ws_factory.tracker
         d = self._parts.sessions.stop(self._grace)
+        d.addBoth(lambda _: [c.stop() for c in self._parts.inventory.connectors()])
         d.addBoth(lambda _: tracker.drained(self._reactor, CLOSE_WAIT_SECONDS))
         d.addBoth(lambda _: self._parts.audit.close())
         return d

@@ -119,6 +119,8 @@ class Gateway:
     async def stop(self):
         try:
             await bounded(self.parts.sessions.stop(0.2), 20)
+            for connector in self.parts.inventory.connectors():
+                connector.stop()
         finally:
             await self.port.stopListening()
             self.parts.audit.close()

@@ -115,6 +115,9 @@ async def test_body_over_64_kib_is_413(gateway):
     response = await gateway.request("POST", "/v1/sessions", data=big, token=None,
                                      headers={"Content-Type": "application/json"})
     assert_error(response, 401, "missing_token")
+    response = await gateway.request("POST", "/healthz", data=big, token=None,
+                                     headers={"Content-Type": "application/json"})
+    assert_error(response, 413, "body_too_large")  # no authentication on /healthz
 
 
 def _chunked_upload(port: int, size: int) -> bytes:

@@ -103,6 +103,17 @@ def test_busy_port_stops_startup_with_one_line(tmp_path):
     assert "Traceback" not in output
 
 
+def test_unwritable_audit_log_stops_startup_with_one_line(tmp_path):
+    """An AUDIT_LOG that cannot be opened is named in one line; nothing starts."""
+    env = {"PATH": os.environ["PATH"], **write_config(tmp_path), "AUDIT_LOG": str(tmp_path / "no/such/dir/a.log"),
+           "LISTEN_ADDR": f"127.0.0.1:{free_port()}"}
+    result = twistd("-n", "--pidfile=", "--logfile=-", "cloudshell-fog", env=env, cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2
+    assert "cloudshell-fog: configuration error: AUDIT_LOG: value: cannot open" in output
+    assert "No such file or directory" in output and "Traceback" not in output
+
+
 def _http(base, method, path, body=None, token="alice"):
     request = urllib.request.Request(base + path, method=method,
                                      data=json.dumps(body).encode() if body is not None else None,
@@ -157,6 +168,7 @@ def test_gateway_process_serves_and_stops_cleanly(gateway_process):
     assert proc.wait(15) in (0, -signal.SIGTERM)
     assert not os.path.exists(f"/proc/{shell_pid}") or \
         open(f"/proc/{shell_pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
+    assert os.listdir(directory / "work") == []  # every session directory removed before exit
     log = (directory / "gateway.log").read_text()
     assert "Server Shut Down." in log and "Traceback" not in log
     assert SECRET not in log and created["attach"]["token"] not in log

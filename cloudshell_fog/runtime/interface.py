@@ -85,3 +85,6 @@ class IRuntimeConnector(Interface):
 
     def probe():
         """@return: a Deferred firing with True when the node can start shells."""
+
+    def stop() -> None:
+        """Gateway shutdown, after every session has ended: finish any cleanup still pending."""

@@ -57,8 +57,9 @@ class LocalPtyStream(ProcessProtocol):
     _log = Logger()
 
     def __init__(self, clock, workdir: str, marker: bytes, tty: str,
-                 kill_grace: float = KILL_GRACE_SECONDS):
+                 kill_grace: float = KILL_GRACE_SECONDS, on_clean=lambda stream: None):
         self._clock, self._workdir, self._kill_grace = clock, workdir, kill_grace
+        self._on_clean = on_clean
         self._marker, self._tty = marker, tty
         self._consumer = None
         self._pending: list[bytes] = []
@@ -151,12 +152,13 @@ class LocalPtyStream(ProcessProtocol):
             self._log.info("killed {count} leftover processes of shell {pid}", count=left, pid=self.pid)
         reap_orphans()
         shutil.rmtree(self._workdir, ignore_errors=True)
+        self._on_clean(self)
 
-    def cancel_timers(self) -> None:
-        """Kill leftovers now instead of after the grace (used at shutdown)."""
+    def clean_now(self) -> None:
+        """Kill leftovers and remove the work directory now, not after the grace (shutdown)."""
         if self._kill_call is not None and self._kill_call.active():
             self._kill_call.cancel()
-            self._kill_rest()
+        self._kill_rest()
 
 
 @implementer(IRuntimeConnector)
@@ -171,9 +173,15 @@ class LocalPtyConnector:
         self._reactor = reactor
         self._clock = clock or reactor
         self._kill_grace = kill_grace
+        self._streams: set[LocalPtyStream] = set()  # started and not yet cleaned up
 
     def probe(self):
         return succeed(os.access(self._node.shell[0], os.X_OK))
+
+    def stop(self) -> None:
+        """Gateway shutdown, after every session has ended: finish each shell's cleanup now."""
+        for stream in list(self._streams):
+            stream.clean_now()
 
     def environment(self, session_id: str, workdir: str) -> dict[str, str]:
         """The shell's whole environment: never a copy of the gateway's own."""
@@ -233,7 +241,8 @@ class LocalPtyConnector:
         try:
             tty = os.ttyname(slave)
             stream = LocalPtyStream(
-                self._clock, workdir, f"CLOUDSHELL_SESSION_ID={session_id}".encode(), tty, self._kill_grace
+                self._clock, workdir, f"CLOUDSHELL_SESSION_ID={session_id}".encode(), tty,
+                self._kill_grace, on_clean=self._streams.discard,
             )
             set_window_size(master, size.cols, size.rows)
             self._reactor.spawnProcess(
@@ -253,4 +262,5 @@ class LocalPtyConnector:
                     pass
             shutil.rmtree(workdir, ignore_errors=True)
             raise RuntimeUnavailable("spawn-failed", f"Cannot start the shell: {e.strerror}.") from None
+        self._streams.add(stream)
         return stream

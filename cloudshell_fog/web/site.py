@@ -58,7 +58,10 @@ class GatewayRequest(Request):
 
     def _refuse(self) -> None:
         self._refused = True
-        if self.requestHeaders.getRawHeaders(b"authorization") is None:
+        # Authentication is answered first on the API's routes, as everywhere else.
+        # (The request line is parsed, but self.path is only set once the body is in.)
+        path = getattr(self.channel, "_path", b"") or b""
+        if path.startswith(b"/v1/") and self.requestHeaders.getRawHeaders(b"authorization") is None:
             status, code, message = 401, "missing_token", "Send an access token as Authorization: Bearer <token>."
         else:
             status, code = 413, "body_too_large"
@@ -67,11 +70,12 @@ class GatewayRequest(Request):
         head = [
             b"HTTP/1.1 %d %s" % (status, http.RESPONSES[status]),
             b"Content-Type: application/json",
+            b"Cache-Control: no-store",
             b"Content-Length: %d" % len(body),
             b"Connection: close",
         ]
         if status == 401:
-            head.append(b'WWW-Authenticate: Bearer realm="cloudshell-fog"')
+            head.append(b'WWW-Authenticate: Bearer realm="cloudshell-fog", error="invalid_token"')
         transport = self.channel.transport
         transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
         transport.loseConnection()
