@@ -19,6 +19,8 @@ from typing import Any, Mapping
 import yaml
 from twisted.internet.endpoints import quoteStringArgument
 
+from cloudshell_fog.auth.oidc import OidcSettings
+
 PACKAGE_DEFAULTS = Path(__file__).parent / "defaults"
 
 DEVELOPMENT = "development"
@@ -83,9 +85,7 @@ class Config:
     mode: str
     listen: tuple[str, ...]  # Twisted server endpoint descriptions
     public_url: str | None
-    oidc_issuer_url: str | None
-    oidc_audience: str | None
-    oidc_groups_claim: str
+    oidc: "OidcSettings | None"  # None: development tokens (development mode only)
     session_token_secret: bytes
     dev_groups: tuple[str, ...]
     policy_file: str
@@ -101,6 +101,11 @@ class Config:
     @property
     def development(self) -> bool:
         return self.mode == DEVELOPMENT
+
+    @property
+    def require_digest(self) -> bool:
+        """Production pins every image by digest, whatever the policy says."""
+        return self.mode == PRODUCTION
 
 
 # ---------------------------------------------------------------- LISTEN_ADDR
@@ -356,6 +361,65 @@ def _env_list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in env.get(name, "").split(",") if part.strip())
 
 
+def _is_url(value: str, production: bool) -> bool:
+    """An https URL; plain http only outside production, or on a loopback host (tests)."""
+    match = re.fullmatch(r"(https?)://([^/\s?#:]+|\[[0-9a-fA-F:]+\])(:\d+)?(/[^\s?#]*)?", value)
+    if match is None:
+        return False
+    loopback = match[2] in ("localhost", "127.0.0.1", "[::1]")
+    return match[1] == "https" or not production or loopback
+
+
+def _oidc_settings(env: Mapping[str, str], mode: str) -> OidcSettings | None:
+    production = mode == PRODUCTION
+    issuer = env.get("OIDC_ISSUER_URL", "").strip()
+    audience = env.get("OIDC_AUDIENCE", "").strip()
+    if not issuer:
+        if production:
+            raise ConfigError("OIDC_ISSUER_URL", "value",
+                              "is required in production: the URL of your identity provider's issuer")
+        return None
+    if not _is_url(issuer, production):
+        raise ConfigError("OIDC_ISSUER_URL", "value",
+                          f"{issuer!r} must be an https:// URL (http:// only on a loopback host)")
+    if not audience:
+        raise ConfigError("OIDC_AUDIENCE", "value",
+                          "is required with OIDC_ISSUER_URL: the audience your provider puts in this gateway's tokens")
+    introspection = env.get("OIDC_INTROSPECTION_URL", "").strip() or None
+    client_id = env.get("OIDC_CLIENT_ID", "").strip() or None
+    client_secret = env.get("OIDC_CLIENT_SECRET", "") or None
+    if introspection is not None:
+        if not _is_url(introspection, production):
+            raise ConfigError("OIDC_INTROSPECTION_URL", "value",
+                              f"{introspection!r} must be an https:// URL (http:// only on a loopback host)")
+        for name, value in (("OIDC_CLIENT_ID", client_id), ("OIDC_CLIENT_SECRET", client_secret)):
+            if not value:
+                raise ConfigError(name, "value", "is required with OIDC_INTROSPECTION_URL")
+    return OidcSettings(
+        issuer=issuer,
+        audience=audience,
+        groups_claim=env.get("OIDC_GROUPS_CLAIM", "").strip() or "groups",
+        subject_claim=env.get("OIDC_SUBJECT_CLAIM", "").strip() or "sub",
+        leeway_seconds=_env_int(env, "OIDC_LEEWAY_SECONDS", 60, 0, 300),
+        refresh_seconds=_env_int(env, "OIDC_JWKS_REFRESH_SECONDS", 900, 60, 86400),
+        introspection_url=introspection,
+        client_id=client_id,
+        client_secret=client_secret,
+    )
+
+
+def _production_policy(policy: Policy, path: str, mode: str) -> Policy:
+    """In production every profile's default image must be pinned by digest."""
+    if mode == PRODUCTION:
+        from cloudshell_fog.images import parse_image_ref
+
+        for profile in policy.profiles.values():
+            if profile.image_ref is not None and not parse_image_ref(profile.image_ref).pinned:
+                raise ConfigError(path, f"profiles.{profile.name}.image_ref",
+                                  "must be pinned by digest in production (name@sha256:<64 hex>)")
+    return policy
+
+
 def load_config(
     env: Mapping[str, str],
     listen: list[str] | None = None,
@@ -377,20 +441,7 @@ def load_config(
     if public_url and not re.match(r"^https?://[^/\s?#]+(/[^\s?#]*)?$", public_url):
         raise ConfigError("PUBLIC_URL", "value", f"{public_url!r} must be an http:// or https:// URL")
 
-    issuer = env.get("OIDC_ISSUER_URL", "").strip() or None
-    audience = env.get("OIDC_AUDIENCE", "").strip() or None
-    if issuer:
-        raise ConfigError(
-            "OIDC_ISSUER_URL",
-            "value",
-            "OIDC verification is not available in this build yet; unset it to run in development mode",
-        )
-    if mode == PRODUCTION:
-        raise ConfigError(
-            "CLOUDSHELL_ENV",
-            "value",
-            "production needs OIDC_ISSUER_URL, which this build cannot verify yet; use development",
-        )
+    oidc = _oidc_settings(env, mode)
 
     secret_raw = env.get("SESSION_TOKEN_SECRET", "")
     if secret_raw:
@@ -399,6 +450,9 @@ def load_config(
             raise ConfigError(
                 "SESSION_TOKEN_SECRET", "value", f"must be at least 32 bytes, it has {len(secret)}"
             )
+    elif mode == PRODUCTION:
+        raise ConfigError("SESSION_TOKEN_SECRET", "value",
+                          "is required in production: at least 32 random bytes shared by every gateway")
     else:
         secret = secrets.token_bytes(32)
 
@@ -409,14 +463,12 @@ def load_config(
         mode=mode,
         listen=endpoints,
         public_url=public_url,
-        oidc_issuer_url=issuer,
-        oidc_audience=audience,
-        oidc_groups_claim=env.get("OIDC_GROUPS_CLAIM", "").strip() or "groups",
+        oidc=oidc,
         session_token_secret=secret,
         dev_groups=_env_list(env, "DEV_GROUPS"),
         policy_file=policy_path,
         nodes_file=nodes_path,
-        policy=load_policy(policy_path),
+        policy=_production_policy(load_policy(policy_path), policy_path, mode),
         nodes=load_nodes(nodes_path),
         audit_log=env.get("AUDIT_LOG", "").strip() or None,
         terminated_retention_seconds=_env_int(env, "TERMINATED_RETENTION_SECONDS", 300, 0, 86400 * 7),

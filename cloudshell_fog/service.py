@@ -21,6 +21,7 @@ from twisted.python import usage
 from cloudshell_fog.audit import Audit
 from cloudshell_fog.auth.attach import AttachTokens
 from cloudshell_fog.auth.dev import DevVerifier
+from cloudshell_fog.auth.oidc import OidcVerifier
 from cloudshell_fog.config import Config, ConfigError, load_config
 from cloudshell_fog.nodes import NodeInventory, NodeState
 from cloudshell_fog.runtime.local import LocalPtyConnector
@@ -69,6 +70,7 @@ class Parts:
     inventory: NodeInventory
     api: Api
     site: object
+    verifier: object
 
 
 def build_parts(config: Config, reactor, clock=None) -> Parts:
@@ -90,11 +92,12 @@ def build_parts(config: Config, reactor, clock=None) -> Parts:
         clock,
         scrollback_bytes=config.scrollback_bytes,
         retention_seconds=config.terminated_retention_seconds,
+        require_digest=config.require_digest,
         reactor=reactor,
     )
-    api = Api(config, DevVerifier(config.dev_groups), sessions, tokens, audit,
-              make_ws_factory(config.ws_max_message_bytes))
-    return Parts(config, audit, sessions, inventory, api, make_site(Root(api), reactor))
+    verifier = OidcVerifier(config.oidc, clock) if config.oidc else DevVerifier(config.dev_groups)
+    api = Api(config, verifier, sessions, tokens, audit, make_ws_factory(config.ws_max_message_bytes))
+    return Parts(config, audit, sessions, inventory, api, make_site(Root(api), reactor), verifier)
 
 
 class SessionsService(Service):
@@ -118,14 +121,19 @@ class SessionsService(Service):
 
     def startService(self):
         super().startService()
+        if isinstance(self._parts.verifier, OidcVerifier):
+            self._parts.verifier.start()
         if not become_subreaper():
             log.warn("could not become a child subreaper; orphans of shells go to init")
         c = self._parts.config
-        log.info("cloudshell-fog starting in {mode} mode, policy {policy}, nodes {nodes}",
-                 mode=c.mode, policy=c.policy_file, nodes=c.nodes_file)
+        log.info("cloudshell-fog starting in {mode} mode, policy {policy}, nodes {nodes}, tokens from {auth}",
+                 mode=c.mode, policy=c.policy_file, nodes=c.nodes_file,
+                 auth=c.oidc.issuer if c.oidc else "development mode (any non-empty token)")
 
     def stopService(self):
         super().stopService()
+        if isinstance(self._parts.verifier, OidcVerifier):
+            self._parts.verifier.stop()
         tracker = self._parts.api.ws_factory.tracker
         d = self._parts.sessions.stop(self._grace)
         d.addBoth(lambda _: [c.stop() for c in self._parts.inventory.connectors()])
@@ -146,7 +154,7 @@ def makeService(options, reactor=None):
     reaper.setServiceParent(root)
     for description in config.listen:
         ListenService(reactor, description, parts.site).setServiceParent(root)
-    if config.development:
+    if config.oidc is None:
         exposed = [d for d in config.listen if not _loopback_only(d)]
         log.warn(
             "development mode: any non-empty bearer token is accepted{exposure}",

@@ -449,8 +449,8 @@ def test_load_config_defaults(tmp_path, monkeypatch):
     assert config.development is True
     assert config.listen == ("tcp:8080",)
     assert config.public_url is None
-    assert config.oidc_issuer_url is None
-    assert config.oidc_groups_claim == "groups"
+    assert config.oidc is None
+    assert config.require_digest is False
     assert isinstance(config.session_token_secret, bytes)
     assert len(config.session_token_secret) == 32
     assert config.dev_groups == ()
@@ -493,8 +493,7 @@ def test_load_config_prefers_checkout_config(tmp_path, monkeypatch):
         ({"SESSION_TOKEN_SECRET": SECRET}, "session_token_secret", SECRET.encode()),
         ({"SESSION_TOKEN_SECRET": "\u00e9" * 16}, "session_token_secret", ("\u00e9" * 16).encode()),
         ({"PUBLIC_URL": "https://shell.example.com/"}, "public_url", "https://shell.example.com"),
-        ({"OIDC_AUDIENCE": "api"}, "oidc_audience", "api"),
-        ({"OIDC_GROUPS_CLAIM": "roles"}, "oidc_groups_claim", "roles"),
+        ({"OIDC_AUDIENCE": "api"}, "oidc", None),  # without an issuer, no OIDC at all
         ({"DEV_GROUPS": "a, b,,c "}, "dev_groups", ("a", "b", "c")),
         ({"ALLOWED_ORIGINS": "https://a.example, https://b.example"}, "allowed_origins", ("https://a.example", "https://b.example")),
         ({"AUDIT_LOG": "/tmp/audit.log"}, "audit_log", "/tmp/audit.log"),
@@ -518,13 +517,33 @@ def test_load_config_env(files, extra, attribute, expected):
         ({"SESSION_TOKEN_SECRET": "short"}, "SESSION_TOKEN_SECRET", "must be at least 32 bytes, it has 5"),
         ({"SESSION_TOKEN_SECRET": "s" * 31}, "SESSION_TOKEN_SECRET", "it has 31"),
         ({"CLOUDSHELL_ENV": "bogus"}, "CLOUDSHELL_ENV", "must be development or production, not 'bogus'"),
-        ({"CLOUDSHELL_ENV": "production"}, "CLOUDSHELL_ENV", "production needs OIDC_ISSUER_URL"),
-        ({"OIDC_ISSUER_URL": "https://idp.example.com"}, "OIDC_ISSUER_URL", "not available in this build"),
+        ({"CLOUDSHELL_ENV": "production"}, "OIDC_ISSUER_URL", "is required in production"),
+        ({"OIDC_ISSUER_URL": "https://idp.example.com"}, "OIDC_AUDIENCE", "is required with OIDC_ISSUER_URL"),
+        ({"OIDC_ISSUER_URL": "idp.example.com", "OIDC_AUDIENCE": "a"}, "OIDC_ISSUER_URL", "must be an https://"),
         (
             {"CLOUDSHELL_ENV": "production", "OIDC_ISSUER_URL": "https://idp.example.com"},
-            "OIDC_ISSUER_URL",
-            "not available in this build",
+            "OIDC_AUDIENCE",
+            "is required with OIDC_ISSUER_URL",
         ),
+        (
+            {"CLOUDSHELL_ENV": "production", "OIDC_ISSUER_URL": "https://idp.example.com", "OIDC_AUDIENCE": "a"},
+            "SESSION_TOKEN_SECRET",
+            "is required in production",
+        ),
+        (
+            {"CLOUDSHELL_ENV": "production", "OIDC_ISSUER_URL": "http://idp.example.com", "OIDC_AUDIENCE": "a",
+             "SESSION_TOKEN_SECRET": SECRET},
+            "OIDC_ISSUER_URL",
+            "http:// only on a loopback host",
+        ),
+        (
+            {"OIDC_ISSUER_URL": "https://idp.example.com", "OIDC_AUDIENCE": "a",
+             "OIDC_INTROSPECTION_URL": "https://idp.example.com/introspect"},
+            "OIDC_CLIENT_ID",
+            "is required with OIDC_INTROSPECTION_URL",
+        ),
+        ({"OIDC_ISSUER_URL": "https://i.example", "OIDC_AUDIENCE": "a", "OIDC_LEEWAY_SECONDS": "900"},
+         "OIDC_LEEWAY_SECONDS", "must be between 0 and 300"),
         ({"PUBLIC_URL": "ftp://x"}, "PUBLIC_URL", "must be an http:// or https:// URL"),
         ({"TERMINATED_RETENTION_SECONDS": "5m"}, "TERMINATED_RETENTION_SECONDS", "'5m' is not an integer"),
         ({"TERMINATED_RETENTION_SECONDS": "1.5"}, "TERMINATED_RETENTION_SECONDS", "is not an integer"),
@@ -596,3 +615,40 @@ def test_load_config_bad_listen_option_names_option(files):
     with pytest.raises(ConfigError) as info:
         load_config({**files, "LISTEN_ADDR": ":1234"}, listen=["nope"])
     assert info.value.where == "--listen"
+
+
+def test_oidc_settings_from_the_environment(files):
+    """With an issuer and an audience, every OIDC variable reaches the verifier's settings."""
+    config = load_config({**files, "OIDC_ISSUER_URL": "https://idp.example.com/realms/x", "OIDC_AUDIENCE": "shell",
+                          "OIDC_GROUPS_CLAIM": "realm_access.roles", "OIDC_SUBJECT_CLAIM": "preferred_username",
+                          "OIDC_LEEWAY_SECONDS": "5", "OIDC_JWKS_REFRESH_SECONDS": "120",
+                          "OIDC_INTROSPECTION_URL": "https://idp.example.com/introspect",
+                          "OIDC_CLIENT_ID": "gw", "OIDC_CLIENT_SECRET": "pw"})
+    oidc = config.oidc
+    assert (oidc.issuer, oidc.audience, oidc.groups_claim, oidc.subject_claim) == (
+        "https://idp.example.com/realms/x", "shell", "realm_access.roles", "preferred_username")
+    assert (oidc.leeway_seconds, oidc.refresh_seconds) == (5, 120)
+    assert (oidc.introspection_url, oidc.client_id, oidc.client_secret) == (
+        "https://idp.example.com/introspect", "gw", "pw")
+
+
+def test_production_starts_with_oidc_and_a_secret_and_pins_images(files):
+    """Production with issuer, audience and secret loads and demands pinned images."""
+    config = load_config({**files, "CLOUDSHELL_ENV": "production", "OIDC_ISSUER_URL": "https://idp.example.com",
+                          "OIDC_AUDIENCE": "shell", "SESSION_TOKEN_SECRET": SECRET})
+    assert config.mode == "production" and config.require_digest is True
+    local = load_config({**files, "CLOUDSHELL_ENV": "production", "OIDC_ISSUER_URL": "http://127.0.0.1:9/x",
+                         "OIDC_AUDIENCE": "shell", "SESSION_TOKEN_SECRET": SECRET})
+    assert local.oidc.issuer == "http://127.0.0.1:9/x"  # plain http only on loopback
+
+
+def test_production_refuses_an_unpinned_profile_image(tmp_path):
+    """A profile whose default image is only a tag stops a production start, naming the key."""
+    policy = write(tmp_path, "p.yaml", "profiles:\n  dev:\n    max_ttl_seconds: 60\n    image_ref: busybox:1.36\n")
+    nodes = write(tmp_path, "n.yaml", MINIMAL_NODES)
+    with pytest.raises(ConfigError) as info:
+        load_config({"POLICY_FILE": str(policy), "NODES_FILE": str(nodes), "CLOUDSHELL_ENV": "production",
+                     "OIDC_ISSUER_URL": "https://idp.example.com", "OIDC_AUDIENCE": "a",
+                     "SESSION_TOKEN_SECRET": SECRET})
+    assert (info.value.where, info.value.key) == (str(policy), "profiles.dev.image_ref")
+    assert "pinned by digest" in info.value.problem

@@ -24,9 +24,10 @@ class AuthError(Exception):
     sentence the caller can act on; neither ever contains the token.
     """
 
-    def __init__(self, code: str, message: str, status: int = 401):
+    def __init__(self, code: str, message: str, status: int = 401, retry_after: int | None = None):
         super().__init__(message)
         self.code, self.message, self.status = code, message, status
+        self.retry_after = retry_after  # seconds, on 503
 
 
 class IAccessTokenVerifier(Interface):

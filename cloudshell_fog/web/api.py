@@ -54,10 +54,18 @@ def write_json(request, status: int, body, headers: dict[str, str] | None = None
     request.finish()
 
 
+def bearer_challenge(error: ApiError) -> str:
+    """RFC 6750: no error code when no credentials came; else invalid_token and a description."""
+    if error.code == "missing_token":
+        return 'Bearer realm="cloudshell-fog"'
+    description = "".join(c for c in error.message if " " <= c <= "~" and c not in '"\\')
+    return f'Bearer realm="cloudshell-fog", error="invalid_token", error_description="{description}"'
+
+
 def write_error(request, error: ApiError) -> None:
     headers = dict(error.headers)
     if error.status == 401:
-        headers.setdefault("WWW-Authenticate", f'Bearer realm="cloudshell-fog", error="invalid_token"')
+        headers.setdefault("WWW-Authenticate", bearer_challenge(error))
     write_json(request, error.status, error.body(), headers)
 
 
@@ -358,7 +366,8 @@ class Api:
         try:
             return await self.verifier.verify(token)
         except AuthError as e:
-            raise ApiError(e.status, e.code, e.message) from None
+            raise ApiError(e.status, e.code, e.message,
+                           headers={"Retry-After": str(e.retry_after)} if e.retry_after else None) from None
 
     def base_url(self, request) -> tuple[str, str]:
         """C{(scheme, authority + path prefix)} of this gateway as the client reached it."""
