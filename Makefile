@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 PIP_INSTALL := $(BIN)/pip install --disable-pip-version-check -q -e
 EDITABLE    := --config-settings editable_mode=compat
 # Debian packages the tests need, as "command:package" pairs; installed when missing.
-SYSTEM_DEPS := bash:bash ps:procps setsid:util-linux
+SYSTEM_DEPS := bash:bash ps:procps pgrep:procps setsid:util-linux ip:iproute2 ssh-keygen:openssh-client /usr/sbin/sshd:openssh-server
 
 .PHONY: run test system-deps clean
 

@@ -27,7 +27,7 @@ DEVELOPMENT = "development"
 PRODUCTION = "production"
 
 TIERS = ("fog", "cloud")
-CONNECTORS = ("local",)
+CONNECTORS = ("local", "ssh")
 # Patterns are used with fullmatch: "$" would also match before a trailing newline.
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _NAME_RE = _ID_RE
@@ -69,15 +69,26 @@ class Policy:
 
 
 @dataclass(frozen=True)
+class SshSettings:
+    host: str
+    port: int
+    user: str
+    key_file: str  # the gateway's private key for this node
+    host_key: str  # the node's public host key, "type base64"
+    connect_timeout: float
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     id: str
     region: str
     tier: str
     connector: str
     capacity: int
-    shell: tuple[str, ...]  # argv of the shell
-    work_root: str  # per-session working directories are created below it
+    shell: tuple[str, ...]  # local: argv of the shell; ssh: a command to exec, or () for the login shell
+    work_root: str  # local: per-session working directories are created below it
     env: Mapping[str, str] = field(default_factory=dict)
+    ssh: SshSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +108,8 @@ class Config:
     allowed_origins: tuple[str, ...]
     scrollback_bytes: int
     ws_max_message_bytes: int
+    health_interval: float = 10.0
+    health_failures: int = 2
 
     @property
     def development(self) -> bool:
@@ -283,7 +296,38 @@ def load_policy(path: str) -> Policy:
 
 # ---------------------------------------------------------------- nodes.yaml
 
-_NODE_KEYS = ("id", "region", "tier", "connector", "capacity", "shell", "work_root", "env")
+_NODE_KEYS = ("id", "region", "tier", "connector", "capacity", "shell", "work_root", "env", "ssh")
+_SSH_KEYS = ("host", "port", "user", "key_file", "host_key", "connect_timeout")
+
+
+def _ssh_settings(path: str, prefix: str, body) -> SshSettings:
+    from twisted.conch.ssh import keys
+
+    r = _Reader(path, prefix, body, _SSH_KEYS)
+    key_file = r.str("key_file")
+    try:
+        keys.Key.fromFile(key_file)
+    except FileNotFoundError:
+        r.fail("key_file", f"{key_file} does not exist")
+    except OSError as e:
+        r.fail("key_file", f"{key_file} cannot be read: {e.strerror}")
+    except (keys.BadKeyError, keys.EncryptedKeyError, ValueError) as e:
+        r.fail("key_file", f"{key_file} is not an unencrypted private key ({e.__class__.__name__})")
+    host_key = r.str("host_key")
+    try:
+        if keys.Key.fromString(host_key.encode()).isPublic() is False:
+            raise keys.BadKeyError("a private key")
+    except (keys.BadKeyError, ValueError, IndexError, TypeError):
+        r.fail("host_key", "must be the node's public host key, as in its /etc/ssh/ssh_host_*_key.pub "
+                           "(e.g. 'ssh-ed25519 AAAA...')")
+    return SshSettings(
+        host=r.str("host"),
+        port=r.int("port", 22, minimum=1, maximum=65535),
+        user=r.str("user"),
+        key_file=key_file,
+        host_key=host_key,
+        connect_timeout=r.number("connect_timeout", 5.0),
+    )
 
 
 def load_nodes(path: str) -> tuple[NodeConfig, ...]:
@@ -305,13 +349,20 @@ def load_nodes(path: str) -> tuple[NodeConfig, ...]:
         connector = r.str("connector", "local")
         if connector not in CONNECTORS:
             r.fail("connector", f"must be one of {', '.join(CONNECTORS)}, not {connector!r}")
-        shell = r.strings("shell", ("/bin/bash", "-l"))
-        if not shell:
-            r.fail("shell", "must name a program (a list like [/bin/bash, -l])")
-        if not os.path.isabs(shell[0]):
-            r.fail("shell", f"the program {shell[0]!r} must be an absolute path")
-        if connector == "local" and not os.access(shell[0], os.X_OK):
-            r.fail("shell", f"{shell[0]} does not exist or is not executable on this host")
+        ssh = None
+        if connector == "ssh":
+            ssh = _ssh_settings(path, r.key("ssh"), r.get("ssh"))
+            shell = r.strings("shell", ())  # empty: the login shell of the node's user
+        else:
+            if "ssh" in r.data:
+                r.fail("ssh", "is only for nodes with connector: ssh")
+            shell = r.strings("shell", ("/bin/bash", "-l"))
+            if not shell:
+                r.fail("shell", "must name a program (a list like [/bin/bash, -l])")
+            if not os.path.isabs(shell[0]):
+                r.fail("shell", f"the program {shell[0]!r} must be an absolute path")
+            if not os.access(shell[0], os.X_OK):
+                r.fail("shell", f"{shell[0]} does not exist or is not executable on this host")
         env = r.get("env", {})
         if not isinstance(env, dict) or not all(
             isinstance(k, str) and _ENV_NAME_RE.fullmatch(k) and isinstance(v, str) for k, v in env.items()
@@ -330,6 +381,7 @@ def load_nodes(path: str) -> tuple[NodeConfig, ...]:
                 shell=shell,
                 work_root=work_root,
                 env=dict(env),
+                ssh=ssh,
             )
         )
     return tuple(nodes)
@@ -354,6 +406,19 @@ def _env_int(env: Mapping[str, str], name: str, default: int, minimum: int, maxi
         raise ConfigError(name, "value", f"{raw!r} is not an integer") from None
     if not minimum <= value <= maximum:
         raise ConfigError(name, "value", f"must be between {minimum} and {maximum}, not {value}")
+    return value
+
+
+def _env_float(env: Mapping[str, str], name: str, default: float, minimum: float, maximum: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(name, "value", f"{raw!r} is not a number of seconds") from None
+    if not minimum <= value <= maximum:
+        raise ConfigError(name, "value", f"must be between {minimum:g} and {maximum:g}, not {value:g}")
     return value
 
 
@@ -475,4 +540,6 @@ def load_config(
         allowed_origins=_env_list(env, "ALLOWED_ORIGINS"),
         scrollback_bytes=_env_int(env, "SCROLLBACK_BYTES", 128 * 1024, 0, 64 * 1024 * 1024),
         ws_max_message_bytes=_env_int(env, "WS_MAX_MESSAGE_BYTES", 64 * 1024, 1024, 16 * 1024 * 1024),
+        health_interval=_env_float(env, "HEALTH_INTERVAL", 10.0, 0.1, 3600.0),
+        health_failures=_env_int(env, "HEALTH_FAILURES", 2, 1, 100),
     )

@@ -23,8 +23,9 @@ from cloudshell_fog.auth.attach import AttachTokens
 from cloudshell_fog.auth.dev import DevVerifier
 from cloudshell_fog.auth.oidc import OidcVerifier
 from cloudshell_fog.config import Config, ConfigError, load_config
-from cloudshell_fog.nodes import NodeInventory, NodeState
+from cloudshell_fog.nodes import NodeInventory, NodeProber, NodeState
 from cloudshell_fog.runtime.local import LocalPtyConnector
+from cloudshell_fog.runtime.ssh import SshConnector
 from cloudshell_fog.runtime.procs import become_subreaper, reap_orphans
 from cloudshell_fog.sessions import SessionManager
 from cloudshell_fog.web.api import Api, Root
@@ -71,6 +72,7 @@ class Parts:
     api: Api
     site: object
     verifier: object
+    prober: NodeProber
 
 
 def build_parts(config: Config, reactor, clock=None) -> Parts:
@@ -81,8 +83,9 @@ def build_parts(config: Config, reactor, clock=None) -> Parts:
     """
     clock = clock or reactor
     audit = Audit(reactor, config.audit_log)
-    states = [NodeState(node, LocalPtyConnector(node, reactor)) for node in config.nodes]
-    inventory = NodeInventory(states)
+    connectors = {"local": LocalPtyConnector, "ssh": SshConnector}
+    inventory = NodeInventory([NodeState(node, connectors[node.connector](node, reactor)) for node in config.nodes])
+    prober = NodeProber(inventory, reactor, config.health_interval, config.health_failures)
     tokens = AttachTokens(config.session_token_secret, clock)
     sessions = SessionManager(
         config.policy,
@@ -96,8 +99,8 @@ def build_parts(config: Config, reactor, clock=None) -> Parts:
         reactor=reactor,
     )
     verifier = OidcVerifier(config.oidc, clock) if config.oidc else DevVerifier(config.dev_groups)
-    api = Api(config, verifier, sessions, tokens, audit, make_ws_factory(config.ws_max_message_bytes))
-    return Parts(config, audit, sessions, inventory, api, make_site(Root(api), reactor), verifier)
+    api = Api(config, verifier, sessions, tokens, audit, make_ws_factory(config.ws_max_message_bytes), inventory)
+    return Parts(config, audit, sessions, inventory, api, make_site(Root(api), reactor), verifier, prober)
 
 
 class SessionsService(Service):
@@ -149,6 +152,7 @@ def makeService(options, reactor=None):
     parts = build_parts(config, reactor)
     root = MultiService()
     SessionsService(parts, options.get("stop-grace", 5.0), reactor).setServiceParent(root)
+    parts.prober.setServiceParent(root)
     reaper = TimerService(5, _reap)
     reaper.clock = reactor
     reaper.setServiceParent(root)

@@ -299,7 +299,8 @@ class SessionManager:
         return done
 
     def _exited(self, session: Session, code: int) -> None:
-        reason = session.ending_reason or "exited"
+        # A runtime may know better than "exited": an SSH node lost under the session.
+        reason = session.ending_reason or getattr(session.stream, "end_reason", None) or "exited"
         for timer in session.timers:
             if timer.active():
                 timer.cancel()

@@ -84,7 +84,11 @@ class IRuntimeConnector(Interface):
         """
 
     def probe():
-        """@return: a Deferred firing with True when the node can start shells."""
+        """
+        @return: a Deferred firing with the round-trip time to the node in
+            milliseconds (None when there is no network to measure), or
+            failing when the node cannot start shells now.
+        """
 
     def stop() -> None:
         """Gateway shutdown, after every session has ended: finish any cleanup still pending."""

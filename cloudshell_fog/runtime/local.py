@@ -176,7 +176,10 @@ class LocalPtyConnector:
         self._streams: set[LocalPtyStream] = set()  # started and not yet cleaned up
 
     def probe(self):
-        return succeed(os.access(self._node.shell[0], os.X_OK))
+        """The host is there; the node is usable while its shell is (no network: no RTT)."""
+        if os.access(self._node.shell[0], os.X_OK):
+            return succeed(None)
+        return fail(RuntimeUnavailable("shell-missing", f"{self._node.shell[0]} is not executable"))
 
     def stop(self) -> None:
         """Gateway shutdown, after every session has ended: finish each shell's cleanup now."""

@@ -180,6 +180,8 @@ class V1(Route):
             return SessionsRoute(self.api)
         if name == b"profiles":
             return ProfilesRoute(self.api)
+        if name == b"nodes":
+            return NodesRoute(self.api)
         return None
 
 
@@ -201,6 +203,15 @@ class ProfilesRoute(Route):
             if may_use(principal, p)
         ]
         return 200, {"profiles": profiles}
+
+
+class NodesRoute(Route):
+    def __init__(self, api):
+        super().__init__(api)
+        self.methods = {b"GET": self.get}
+
+    async def get(self, request, principal):
+        return 200, {"nodes": [state.describe() for state in self.api.nodes.states()]}
 
 
 class SessionsRoute(Route):
@@ -341,8 +352,9 @@ def parse_session_request(body: dict) -> SessionRequest:
 class Api:
     """What the routes share: configuration, the verifier, sessions, tokens."""
 
-    def __init__(self, config: Config, verifier, sessions, tokens, audit, ws_factory):
+    def __init__(self, config: Config, verifier, sessions, tokens, audit, ws_factory, nodes):
         self.config = config
+        self.nodes = nodes
         self.verifier = verifier
         self.sessions = sessions
         self.tokens = tokens
