@@ -16,7 +16,7 @@ setup(
     install_requires=[
         "twisted[conch,tls]",
         "autobahn[twisted]",
-        "pyjwt[crypto]",
+        "pyjwt[crypto]>=2.10.1",  # iat checks; 2.10.0 matched issuers by substring
         "pyyaml",
         "treq",
     ],

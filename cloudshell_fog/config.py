@@ -23,6 +23,7 @@ from cloudshell_fog.auth.oidc import OidcSettings
 
 PACKAGE_DEFAULTS = Path(__file__).parent / "defaults"
 
+DEFAULT_STATE_DB = "state/cloudshell-fog.db"  # relative to the working directory
 DEVELOPMENT = "development"
 PRODUCTION = "production"
 
@@ -104,6 +105,7 @@ class Config:
     policy: Policy
     nodes: tuple[NodeConfig, ...]
     audit_log: str | None
+    state_db: str
     terminated_retention_seconds: int
     allowed_origins: tuple[str, ...]
     scrollback_bytes: int
@@ -446,7 +448,7 @@ def _oidc_settings(env: Mapping[str, str], mode: str) -> OidcSettings | None:
         return None
     if not _is_url(issuer, production):
         raise ConfigError("OIDC_ISSUER_URL", "value",
-                          f"{issuer!r} must be an https:// URL (http:// only on a loopback host)")
+                          f"{issuer!r} must be an http(s):// URL; production needs https:// (http:// only on a loopback host)")
     if not audience:
         raise ConfigError("OIDC_AUDIENCE", "value",
                           "is required with OIDC_ISSUER_URL: the audience your provider puts in this gateway's tokens")
@@ -536,6 +538,7 @@ def load_config(
         policy=_production_policy(load_policy(policy_path), policy_path, mode),
         nodes=load_nodes(nodes_path),
         audit_log=env.get("AUDIT_LOG", "").strip() or None,
+        state_db=env.get("STATE_DB", "").strip() or DEFAULT_STATE_DB,
         terminated_retention_seconds=_env_int(env, "TERMINATED_RETENTION_SECONDS", 300, 0, 86400 * 7),
         allowed_origins=_env_list(env, "ALLOWED_ORIGINS"),
         scrollback_bytes=_env_int(env, "SCROLLBACK_BYTES", 128 * 1024, 0, 64 * 1024 * 1024),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import signal
 import sys
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ from cloudshell_fog.runtime.local import LocalPtyConnector
 from cloudshell_fog.runtime.ssh import SshConnector
 from cloudshell_fog.runtime.procs import become_subreaper, reap_orphans
 from cloudshell_fog.sessions import SessionManager
+from cloudshell_fog.store import SqliteSessionStore, StoreError
 from cloudshell_fog.web.api import Api, Root
 from cloudshell_fog.web.pty import make_ws_factory
 from cloudshell_fog.web.site import make_site
@@ -75,7 +77,7 @@ class Parts:
     prober: NodeProber
 
 
-def build_parts(config: Config, reactor, clock=None) -> Parts:
+def build_parts(config: Config, reactor, clock=None, store=None) -> Parts:
     """
     Build the gateway's objects (no I/O).  C{clock} drives session lifetimes
     (TTL, idle, retention, attach-token expiry) so tests can advance it;
@@ -97,6 +99,7 @@ def build_parts(config: Config, reactor, clock=None) -> Parts:
         retention_seconds=config.terminated_retention_seconds,
         require_digest=config.require_digest,
         reactor=reactor,
+        store=store,
     )
     verifier = OidcVerifier(config.oidc, clock) if config.oidc else DevVerifier(config.dev_groups)
     api = Api(config, verifier, sessions, tokens, audit, make_ws_factory(config.ws_max_message_bytes), inventory)
@@ -124,6 +127,10 @@ class SessionsService(Service):
 
     def startService(self):
         super().startService()
+        reconciled = self._parts.sessions.restore()
+        if reconciled:
+            log.info("{count} sessions were running when the gateway last stopped: now terminated "
+                     "(gateway-restart)", count=reconciled)
         if isinstance(self._parts.verifier, OidcVerifier):
             self._parts.verifier.start()
         if not become_subreaper():
@@ -141,6 +148,7 @@ class SessionsService(Service):
         d = self._parts.sessions.stop(self._grace)
         d.addBoth(lambda _: [c.stop() for c in self._parts.inventory.connectors()])
         d.addBoth(lambda _: tracker.drained(self._reactor, CLOSE_WAIT_SECONDS))
+        d.addBoth(lambda _: self._parts.sessions.close())
         d.addBoth(lambda _: self._parts.audit.close())
         return d
 
@@ -149,7 +157,12 @@ def makeService(options, reactor=None):
     if reactor is None:
         from twisted.internet import reactor  # the one place we touch the global reactor
     config = options["config"]
-    parts = build_parts(config, reactor)
+    try:
+        store = SqliteSessionStore(config.state_db)
+    except StoreError as e:
+        sys.stderr.write(f"cloudshell-fog: configuration error: STATE_DB: value: {e}\n")
+        raise SystemExit(2) from None
+    parts = build_parts(config, reactor, store=store)
     root = MultiService()
     SessionsService(parts, options.get("stop-grace", 5.0), reactor).setServiceParent(root)
     parts.prober.setServiceParent(root)
@@ -158,6 +171,11 @@ def makeService(options, reactor=None):
     reaper.setServiceParent(root)
     for description in config.listen:
         ListenService(reactor, description, parts.site).setServiceParent(root)
+    # twistd re-raises the signal that stopped it once the reactor is done, so a
+    # SIGTERM'd gateway would die "killed by SIGTERM" even after a clean stop.
+    # Our stop is bounded and complete (exit frames sent, shells ended, store
+    # closed): report it as the success it is.
+    reactor.addSystemEventTrigger("after", "shutdown", _clean_exit, reactor)
     if config.oidc is None:
         exposed = [d for d in config.listen if not _loopback_only(d)]
         log.warn(
@@ -197,6 +215,11 @@ class ListenService(StreamServerEndpointService):
             why = e.socketError.strerror if isinstance(e.socketError, OSError) else str(e.socketError)
             sys.stderr.write(f"cloudshell-fog: cannot listen on {self._description}: {why}\n")
             raise SystemExit(1) from None
+
+
+def _clean_exit(reactor) -> None:
+    if getattr(reactor, "_exitSignal", None) in (signal.SIGTERM, signal.SIGINT):
+        reactor._exitSignal = None
 
 
 def _reap():

@@ -27,6 +27,7 @@ from cloudshell_fog.errors import ApiError, not_found
 from cloudshell_fog.placement import NoCapacity, place
 from cloudshell_fog.policy import SessionRequest, admit
 from cloudshell_fog.runtime.interface import RuntimeUnavailable, TerminalSize
+from cloudshell_fog.store import SqliteSessionStore
 from cloudshell_fog.terminal import TerminalHub
 
 PENDING, RUNNING, TERMINATED = "pending", "running", "terminated"
@@ -49,12 +50,20 @@ class Session:
     stream: object = None
     ending_reason: str | None = None
     termination: dict | None = None
+    ended_at: float | None = None
     deleted: bool = False
     timers: list = field(default_factory=list)
 
     @property
     def expires_at(self) -> float:
         return self.created_at + self.ttl_seconds
+
+    def record(self) -> dict:
+        """What the store keeps of the session."""
+        return {"id": self.id, "subject": self.subject, "profile": self.profile.name,
+                "ttl_seconds": self.ttl_seconds, "image_ref": self.image_ref, "created_at": self.created_at,
+                "seq": self.seq, "status": self.status, "placement": self.placement,
+                "termination": self.termination, "ended_at": self.ended_at}
 
     def describe(self) -> dict:
         """The session as GET /v1/sessions/{id} shows it."""
@@ -85,6 +94,7 @@ class SessionManager:
         retention_seconds: int = 300,
         require_digest: bool = False,
         reactor=None,
+        store=None,
     ):
         self.policy = policy
         self._inventory = inventory
@@ -95,6 +105,7 @@ class SessionManager:
         self._scrollback_bytes = scrollback_bytes
         self._retention = retention_seconds
         self._require_digest = require_digest
+        self._store = store if store is not None else SqliteSessionStore(":memory:")
         self._sessions: dict[str, Session] = {}
         self._ending: dict[str, Deferred] = {}
         self._seq = 0
@@ -173,6 +184,7 @@ class SessionManager:
         )
         session.last_input = session.created_at
         self._sessions[session.id] = session
+        self._store.save(session.record())  # a crash while starting is reconciled at the next start
 
         failures: list[str] = []
         failover: list[str] = []
@@ -191,7 +203,7 @@ class SessionManager:
                 continue
             except BaseException:
                 self._inventory.release(node.id)
-                del self._sessions[session.id]
+                self._discard(session)
                 raise
             session.placement = {
                 "region": node.region,
@@ -201,16 +213,21 @@ class SessionManager:
             }
             break
         else:
-            del self._sessions[session.id]
+            self._discard(session)
             raise ApiError(
                 500, "runtime_failed", "No node could start the shell: " + "; ".join(failures) + "."
             )
 
         if session.deleted or session.ending_reason:
-            # Ended (e.g. gateway stopping) while the runtime was starting.
+            # Ended (deleted, or the gateway stopping) while its runtime was starting.
+            self._inventory.release(node.id)
+            self._discard(session)
             stream.terminate(0)
-            raise ApiError(503, "shutting_down", "The gateway is shutting down; try again shortly.")
+            if session.ending_reason == "gateway-restart":
+                raise ApiError(503, "shutting_down", "The gateway is shutting down; try again shortly.")
+            raise ApiError(409, "session_ended", "The session was deleted while its shell was starting.")
         self._start(session, stream)
+        self._store.save(session.record())  # committed before the client hears of the session
         self._audit.emit(events.SESSION_CREATED, session.id, session.subject, session.placement,
                          profile=profile.name, ttl_seconds=session.ttl_seconds, image_ref=session.image_ref)
         self._audit.emit(events.PLACEMENT_DECIDED, session.id, session.subject, session.placement,
@@ -307,6 +324,7 @@ class SessionManager:
         session.timers = []
         session.status = TERMINATED
         session.termination = {"reason": reason, "exit_code": code}
+        session.ended_at = self._clock.seconds()
         if session.placement is not None:
             self._inventory.release(session.placement["node_id"])
         self._audit.emit(events.SESSION_TERMINATED, session.id, session.subject, session.placement,
@@ -314,12 +332,50 @@ class SessionManager:
         if session.deleted or not self._retention:
             self._forget(session)
         else:
+            self._store.save(session.record())
             session.timers.append(self._clock.callLater(self._retention, self._forget, session))
 
     def _forget(self, session: Session) -> None:
         if session.hub is not None:
             session.hub.close()
+        self._discard(session)
+
+    def _discard(self, session: Session) -> None:
         self._sessions.pop(session.id, None)
+        self._store.remove(session.id)
+
+    def restore(self) -> int:
+        """
+        Reload the store after a start.  A session that was pending or running
+        lost its shell with the previous gateway (local shells die with it, and
+        an SSH channel with its connection): it is terminated with reason
+        C{gateway-restart}.  Ended sessions stay visible for what is left of
+        their retention.  Return how many sessions were reconciled.
+        """
+        now, reconciled = self._clock.seconds(), 0
+        for record in self._store.load():
+            self._seq = max(self._seq, record["seq"])
+            profile = self.policy.profiles.get(record["profile"]) or Profile(
+                record["profile"], record["ttl_seconds"], 0, 1.0, 16, (), None)
+            session = Session(id=record["id"], subject=record["subject"], profile=profile,
+                              ttl_seconds=record["ttl_seconds"], image_ref=record["image_ref"],
+                              created_at=record["created_at"], seq=record["seq"], status=TERMINATED,
+                              placement=record["placement"], termination=record["termination"],
+                              ended_at=record["ended_at"])
+            if record["status"] != TERMINATED:
+                reconciled += 1
+                session.termination = {"reason": "gateway-restart", "exit_code": None}
+                session.ended_at = now
+                self._store.save(session.record())
+                self._audit.emit(events.SESSION_TERMINATED, session.id, session.subject, session.placement,
+                                 reason="gateway-restart", exit_code=None)
+            left = (session.ended_at or now) + self._retention - now
+            if left <= 0:
+                self._store.remove(session.id)
+                continue
+            self._sessions[session.id] = session
+            session.timers.append(self._clock.callLater(left, self._forget, session))
+        return reconciled
 
     async def delete(self, principal: Principal, session_id: str) -> None:
         session = self._owned(principal, session_id)
@@ -328,6 +384,14 @@ class SessionManager:
             self._forget(session)
             return
         await self._end(session, "deleted")
+        self._discard(session)  # committed before the client is answered
+
+    def close(self) -> None:
+        """Release the store (after L{stop})."""
+        self._store.close()
+
+    def ping(self) -> bool:
+        return self._store.ping()
 
     def stop(self, grace: float = 0.5) -> Deferred:
         """End every shell (gateway shutdown); fires when all have ended."""

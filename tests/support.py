@@ -24,6 +24,7 @@ from websockets.sync.client import connect
 
 from cloudshell_fog.config import load_config
 from cloudshell_fog.service import build_parts
+from cloudshell_fog.store import SqliteSessionStore
 
 # Every shell the suite starts carries this variable, so the final check can
 # find any the suite left behind (tests/conftest.py).
@@ -69,6 +70,7 @@ def write_config(directory: Path, policy: dict | None = None, nodes: list | None
         "POLICY_FILE": str(policy_path),
         "NODES_FILE": str(nodes_path),
         "AUDIT_LOG": str(directory / "audit.jsonl"),
+        "STATE_DB": str(directory / "state.db"),
     }
 
 
@@ -110,8 +112,10 @@ class Gateway:
 
     def start(self):
         self.config = load_config(self.env)
-        self.parts = build_parts(self.config, reactor, clock=self.clock)
+        self.parts = build_parts(self.config, reactor, clock=self.clock,
+                                 store=SqliteSessionStore(self.config.state_db))
         self.parts.audit.open()
+        self.parts.sessions.restore()
         self.port = reactor.listenTCP(0, self.parts.site, interface="127.0.0.1")
         self.base = f"http://127.0.0.1:{self.port.getHost().port}"
         self.ws_base = self.base.replace("http://", "ws://")
@@ -123,6 +127,7 @@ class Gateway:
                 connector.stop()
         finally:
             await self.port.stopListening()
+            self.parts.sessions.close()
             self.parts.audit.close()
 
     async def request(self, method: str, path: str, body=None, token: str | None = "alice",

@@ -23,6 +23,7 @@ import base64
 import hashlib
 import json
 from collections import OrderedDict
+from urllib.parse import quote_plus
 from dataclasses import dataclass
 
 import jwt
@@ -182,7 +183,8 @@ class OidcVerifier:
                 _log.warn("cannot fetch the OIDC keys from {issuer}: {why}", issuer=self.settings.issuer,
                           why=str(e) or e.__class__.__name__)
                 retry = min(MIN_REFRESH_SECONDS, 2.0 ** min(self._failures, 5))
-                self._schedule(retry if self._keys is None else self.settings.refresh_seconds)
+                # Without keys, retry soon; with keys, they stay in use and we retry within a minute.
+                self._schedule(retry if self._keys is None else min(60.0, self.settings.refresh_seconds))
                 return False
             if self._keys is None or self._failures:
                 _log.info("OIDC keys loaded from {issuer}: {count} signing keys",
@@ -208,22 +210,30 @@ class OidcVerifier:
         issuer = self.settings.issuer
         discovery = await self._get_json(issuer.rstrip("/") + "/.well-known/openid-configuration",
                                          "the discovery document")
-        if not isinstance(discovery, dict) or discovery.get("issuer") != issuer:
-            raise RuntimeError(f"the discovery document names issuer {discovery.get('issuer')!r}, "
+        if not isinstance(discovery, dict):
+            raise RuntimeError("the discovery document is not a JSON object")
+        if discovery.get("issuer") != issuer:
+            raise RuntimeError(f"the discovery document names issuer {str(discovery.get('issuer'))[:200]!r}, "
                                f"not {issuer!r}")
         jwks_uri = discovery.get("jwks_uri")
-        if not isinstance(jwks_uri, str) or not jwks_uri.startswith(("https://", "http://")):
-            raise RuntimeError("the discovery document has no usable jwks_uri")
+        schemes = ("https://",) if issuer.startswith("https://") else ("https://", "http://")
+        if not isinstance(jwks_uri, str) or not jwks_uri.startswith(schemes):
+            raise RuntimeError("the discovery document has no usable jwks_uri (an https issuer needs an "
+                               "https jwks_uri)")
         keys = parse_jwks(await self._get_json(jwks_uri, "the JWKS"))
         if not keys:
             raise RuntimeError("the JWKS has no usable public signing key")
         return keys
 
     def _unavailable(self) -> AuthError:
-        wait = max(1, int(self._last_attempt + MIN_REFRESH_SECONDS - self._clock.seconds()) + 1)
+        """503 with Retry-After: when the next background retry is due."""
+        now = self._clock.seconds()
+        due = self._timer.getTime() if self._timer is not None and self._timer.active() else (
+            self._last_attempt + MIN_REFRESH_SECONDS)
+        wait = min(int(MIN_REFRESH_SECONDS), max(1, int(due - now + 0.999)))
         return AuthError("idp_unavailable",
                          "The identity provider's keys cannot be fetched right now; try again shortly.", 503,
-                         retry_after=min(wait, int(MIN_REFRESH_SECONDS)))
+                         retry_after=wait)
 
     async def _key_set(self, force: bool = False) -> list[_Key]:
         """
@@ -261,8 +271,8 @@ class OidcVerifier:
         algorithm = header.get("alg")
         if algorithm not in ALLOWED_ALGORITHMS:
             raise _invalid("unsupported_algorithm",
-                           f"Access tokens signed with {str(algorithm)[:16]!r} are not accepted; "
-                           f"the provider must sign with one of {', '.join(ALLOWED_ALGORITHMS)}.")
+                           "The access token's signing algorithm is not accepted; the provider must sign "
+                           f"with one of {', '.join(ALLOWED_ALGORITHMS)}.")
         typ = header.get("typ")
         if typ is not None and (not isinstance(typ, str) or typ.lower() not in ALLOWED_TYPES):
             raise _invalid("invalid_token_type", "This is not an access token (its typ is neither at+jwt nor JWT).")
@@ -270,6 +280,9 @@ class OidcVerifier:
         key = self._find_key(await self._key_set(), kid, algorithm)
         if key is None and kid is not None:
             key = self._find_key(await self._key_set(force=True), kid, algorithm)
+        if key is None and kid is None:
+            raise _invalid("unknown_key", "The access token names no key (kid) and the provider publishes "
+                                          "more than one that could fit; the provider must set kid.")
         if key is None:
             raise _invalid("unknown_key", "The access token was signed with a key the identity provider "
                                           "does not publish; get a new token.")
@@ -309,7 +322,8 @@ class OidcVerifier:
     def _principal(self, claims: dict) -> Principal:
         subject = claim_path(claims, self.settings.subject_claim)
         if not isinstance(subject, str) or not subject:
-            raise _invalid("missing_claim", f"The access token has no {self.settings.subject_claim!r} claim.")
+            raise _invalid("missing_claim",
+                           f"The access token has no usable {self.settings.subject_claim!r} claim (a non-empty string).")
         return Principal(subject=subject, groups=groups_of(claims, self.settings.groups_claim))
 
     # -- RFC 7662 introspection of opaque tokens
@@ -325,13 +339,17 @@ class OidcVerifier:
             return cached[1]
         s = self.settings
         try:
+            # RFC 6749 2.3.1: client id and secret are form-encoded before HTTP Basic.
             response = await self._http.post(
                 s.introspection_url, data={"token": token, "token_type_hint": "access_token"},
-                auth=(s.client_id or "", s.client_secret or ""), timeout=s.http_timeout_seconds,
-                headers={"Accept": "application/json"})
-            body = json.loads(await self._http.content(response))
-            if response.code != 200 or not isinstance(body, dict):
+                auth=(quote_plus(s.client_id or ""), quote_plus(s.client_secret or "")),
+                timeout=s.http_timeout_seconds, headers={"Accept": "application/json"})
+            content = await self._http.content(response)
+            if response.code != 200:
                 raise RuntimeError(f"introspection answered HTTP {response.code}")
+            body = json.loads(content)
+            if not isinstance(body, dict):
+                raise RuntimeError("introspection did not answer a JSON object")
         except Exception as e:
             _log.warn("token introspection failed: {why}", why=str(e) or e.__class__.__name__)
             raise AuthError("idp_unavailable", "The identity provider cannot check this token right now; "
@@ -360,6 +378,8 @@ class OidcVerifier:
         exp = body.get("exp")
         if isinstance(exp, (int, float)) and exp <= now - self.settings.leeway_seconds:
             raise _invalid("token_expired", "The access token has expired; get a new one.")
+        if "iss" in body and body["iss"] != self.settings.issuer:
+            raise _invalid("wrong_issuer", "The access token was issued by another identity provider.")
         aud = body.get("aud")
         audiences = aud if isinstance(aud, list) else [aud]
         if self.settings.audience not in audiences:

@@ -75,7 +75,7 @@ class GatewayRequest(Request):
             b"Connection: close",
         ]
         if status == 401:
-            head.append(b'WWW-Authenticate: Bearer realm="cloudshell-fog", error="invalid_token"')
+            head.append(b'WWW-Authenticate: Bearer realm="cloudshell-fog"')  # RFC 6750: no error without credentials
         transport = self.channel.transport
         transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
         transport.loseConnection()
