@@ -522,7 +522,7 @@ def test_load_config_env(files, extra, attribute, expected):
         ({"CLOUDSHELL_ENV": "bogus"}, "CLOUDSHELL_ENV", "must be development or production, not 'bogus'"),
         ({"CLOUDSHELL_ENV": "production"}, "OIDC_ISSUER_URL", "is required in production"),
         ({"OIDC_ISSUER_URL": "https://idp.example.com"}, "OIDC_AUDIENCE", "is required with OIDC_ISSUER_URL"),
-        ({"OIDC_ISSUER_URL": "idp.example.com", "OIDC_AUDIENCE": "a"}, "OIDC_ISSUER_URL", "must be an https://"),
+        ({"OIDC_ISSUER_URL": "idp.example.com", "OIDC_AUDIENCE": "a"}, "OIDC_ISSUER_URL", "must be an http(s):// URL"),
         (
             {"CLOUDSHELL_ENV": "production", "OIDC_ISSUER_URL": "https://idp.example.com"},
             "OIDC_AUDIENCE",
@@ -537,7 +537,7 @@ def test_load_config_env(files, extra, attribute, expected):
             {"CLOUDSHELL_ENV": "production", "OIDC_ISSUER_URL": "http://idp.example.com", "OIDC_AUDIENCE": "a",
              "SESSION_TOKEN_SECRET": SECRET},
             "OIDC_ISSUER_URL",
-            "http:// only on a loopback host",
+            "production needs https://",
         ),
         (
             {"OIDC_ISSUER_URL": "https://idp.example.com", "OIDC_AUDIENCE": "a",
