@@ -112,6 +112,13 @@ class Config:
     ws_max_message_bytes: int
     health_interval: float = 10.0
     health_failures: int = 2
+    max_sessions: int = 1000  # on this gateway, all subjects together
+    create_rate_per_minute: int = 30  # per subject; 0: no limit
+    create_burst: int = 10
+    max_attachments: int = 8  # per session
+    http_idle_timeout: float = 60.0
+    http_request_timeout: float = 15.0
+    ws_ping_interval: float = 30.0  # 0: no pings
 
     @property
     def development(self) -> bool:
@@ -545,4 +552,11 @@ def load_config(
         ws_max_message_bytes=_env_int(env, "WS_MAX_MESSAGE_BYTES", 64 * 1024, 1024, 16 * 1024 * 1024),
         health_interval=_env_float(env, "HEALTH_INTERVAL", 10.0, 0.1, 3600.0),
         health_failures=_env_int(env, "HEALTH_FAILURES", 2, 1, 100),
+        max_sessions=_env_int(env, "MAX_SESSIONS", 1000, 1, 1_000_000),
+        create_rate_per_minute=_env_int(env, "CREATE_RATE_PER_MINUTE", 30, 0, 1_000_000),
+        create_burst=_env_int(env, "CREATE_BURST", 10, 1, 1_000_000),
+        max_attachments=_env_int(env, "MAX_ATTACHMENTS_PER_SESSION", 8, 1, 1000),
+        http_idle_timeout=_env_float(env, "HTTP_IDLE_TIMEOUT", 60.0, 1.0, 86400.0),
+        http_request_timeout=_env_float(env, "HTTP_REQUEST_TIMEOUT", 15.0, 1.0, 3600.0),
+        ws_ping_interval=_env_float(env, "WS_PING_INTERVAL", 30.0, 0.0, 3600.0),
     )

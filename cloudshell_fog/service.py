@@ -24,6 +24,7 @@ from cloudshell_fog.auth.attach import AttachTokens
 from cloudshell_fog.auth.dev import DevVerifier
 from cloudshell_fog.auth.oidc import OidcVerifier
 from cloudshell_fog.config import Config, ConfigError, load_config
+from cloudshell_fog.limits import TokenBuckets
 from cloudshell_fog.nodes import NodeInventory, NodeProber, NodeState
 from cloudshell_fog.runtime.local import LocalPtyConnector
 from cloudshell_fog.runtime.ssh import SshConnector
@@ -100,10 +101,14 @@ def build_parts(config: Config, reactor, clock=None, store=None) -> Parts:
         require_digest=config.require_digest,
         reactor=reactor,
         store=store,
+        max_sessions=config.max_sessions,
+        creation_limit=TokenBuckets(clock, config.create_rate_per_minute, config.create_burst),
     )
     verifier = OidcVerifier(config.oidc, clock) if config.oidc else DevVerifier(config.dev_groups)
-    api = Api(config, verifier, sessions, tokens, audit, make_ws_factory(config.ws_max_message_bytes), inventory)
-    return Parts(config, audit, sessions, inventory, api, make_site(Root(api), reactor), verifier, prober)
+    ws_factory = make_ws_factory(config.ws_max_message_bytes, config.ws_ping_interval)
+    api = Api(config, verifier, sessions, tokens, audit, ws_factory, inventory)
+    site = make_site(Root(api), reactor, config.http_idle_timeout, config.http_request_timeout)
+    return Parts(config, audit, sessions, inventory, api, site, verifier, prober)
 
 
 class SessionsService(Service):

@@ -95,6 +95,8 @@ class SessionManager:
         require_digest: bool = False,
         reactor=None,
         store=None,
+        max_sessions: int = 1000,
+        creation_limit=None,
     ):
         self.policy = policy
         self._inventory = inventory
@@ -106,6 +108,8 @@ class SessionManager:
         self._retention = retention_seconds
         self._require_digest = require_digest
         self._store = store if store is not None else SqliteSessionStore(":memory:")
+        self._max_sessions = max_sessions
+        self._creation_limit = creation_limit  # TokenBuckets per subject, or None
         self._sessions: dict[str, Session] = {}
         self._ending: dict[str, Deferred] = {}
         self._seq = 0
@@ -147,6 +151,14 @@ class SessionManager:
 
     async def create(self, principal: Principal, request: SessionRequest) -> tuple[Session, dict]:
         """Admit, place and start a session; return it and its attach grant."""
+        if self._creation_limit is not None:
+            wait = self._creation_limit.take(principal.subject)
+            if wait:
+                raise ApiError(429, "rate_limited", f"You are creating sessions too fast; try again in {wait} s.",
+                               headers={"Retry-After": str(wait)})
+        if len(self.running()) >= self._max_sessions:
+            raise ApiError(503, "gateway_full", "The gateway has as many sessions as it may run; try again "
+                                                "later.", headers={"Retry-After": "30"})
         profile = self.policy.profiles.get(request.profile)
         if profile is None:
             raise ApiError(

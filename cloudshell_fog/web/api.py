@@ -415,6 +415,10 @@ class Api:
         session = self.sessions.attachable(session_id, grant.subject)
         if session is None:
             return ErrorPage(not_found())
+        if session.hub.attachments >= self.config.max_attachments:
+            return ErrorPage(ApiError(409, "too_many_attachments",
+                                      f"This session already has {self.config.max_attachments} attachments; "
+                                      "close one first."))
         if not self.origin_allowed(request):
             return ErrorPage(ApiError(403, "origin_not_allowed",
                                       "This page's origin may not attach; an operator can add it to ALLOWED_ORIGINS."))

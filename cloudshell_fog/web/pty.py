@@ -139,7 +139,7 @@ class PtyWebSocket(WebSocketServerProtocol):
             self.transport.resumeProducing()
 
 
-def make_ws_factory(max_message_bytes: int) -> WebSocketServerFactory:
+def make_ws_factory(max_message_bytes: int, ping_interval: float = 30.0) -> WebSocketServerFactory:
     """The shared factory; origins are checked before the upgrade, not here."""
     factory = WebSocketServerFactory()
     factory.protocol = PtyWebSocket
@@ -149,8 +149,10 @@ def make_ws_factory(max_message_bytes: int) -> WebSocketServerFactory:
         maxFramePayloadSize=max_message_bytes,
         openHandshakeTimeout=10,
         closeHandshakeTimeout=5,
-        autoPingInterval=30,
-        autoPingTimeout=60,
+        # Pings find dead peers (their attachment is then dropped, the shell stays)
+        # and keep proxies from cutting idle terminals.
+        autoPingInterval=ping_interval,
+        autoPingTimeout=2 * ping_interval,
         webStatus=False,
         failByDrop=False,
         allowedOrigins=["*"],

@@ -66,23 +66,67 @@ class GatewayRequest(Request):
         else:
             status, code = 413, "body_too_large"
             message = f"The request body is over {MAX_BODY_BYTES // 1024} KiB."
-        body = json.dumps({"error": {"code": code, "message": message}}).encode()
-        head = [
-            b"HTTP/1.1 %d %s" % (status, http.RESPONSES[status]),
-            b"Content-Type: application/json",
-            b"Cache-Control: no-store",
-            b"Content-Length: %d" % len(body),
-            b"Connection: close",
-        ]
-        if status == 401:
-            head.append(b'WWW-Authenticate: Bearer realm="cloudshell-fog"')  # RFC 6750: no error without credentials
-        transport = self.channel.transport
-        transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
-        transport.loseConnection()
+        extra = [b'WWW-Authenticate: Bearer realm="cloudshell-fog"'] if status == 401 else []
+        _raw_error(self.channel.transport, status, code, message, extra)
 
 
-def make_site(root, reactor=None) -> Site:
+def _raw_error(transport, status: int, code: str, message: str, extra=()) -> None:
+    """Answer with our JSON error body on a bare transport, then close it."""
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    head = [b"HTTP/1.1 %d %s" % (status, http.RESPONSES[status]), b"Content-Type: application/json",
+            b"Cache-Control: no-store", b"Content-Length: %d" % len(body), b"Connection: close", *extra]
+    transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
+    transport.loseConnection()
+
+
+class GatewayChannel(http.HTTPChannel):
+    """
+    HTTP/1.1 with two more guards: headers over the limit answer 431 in our
+    JSON shape (not a bare 400), and a request must arrive whole within
+    C{request_timeout} seconds of its first byte (slowloris), else 408.
+    Idle keep-alive connections close after the site's C{timeOut}.
+    """
+
+    request_timeout = 15.0
+    _deadline = None
+
+    def dataReceived(self, data):
+        if self._deadline is None and self.transport is not None:
+            self._deadline = self.callLater(self.request_timeout, self._request_too_slow)
+        super().dataReceived(data)
+
+    def allContentReceived(self):
+        self._cancel_deadline()
+        super().allContentReceived()
+
+    def connectionLost(self, reason):
+        self._cancel_deadline()
+        super().connectionLost(reason)
+
+    def _cancel_deadline(self):
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def _request_too_slow(self):
+        self._deadline = None
+        if self.transport is not None:
+            _raw_error(self.transport, 408, "request_timeout",
+                       f"The request did not arrive within {self.request_timeout:g} seconds.")
+
+    def _respondToBadRequestAndDisconnect(self):
+        self._cancel_deadline()
+        if self._receivedHeaderSize > self.totalHeadersSize or self._receivedHeaderCount > self.maxHeaders:
+            _raw_error(self.transport, 431, "headers_too_large",
+                       f"The request's headers are over {self.totalHeadersSize // 1024} KiB or "
+                       f"{self.maxHeaders} fields.")
+        else:
+            _raw_error(self.transport, 400, "bad_request", "The request is not valid HTTP/1.1.")
+
+
+def make_site(root, reactor=None, idle_timeout: float = 60.0, request_timeout: float = 15.0) -> Site:
     site = Site(root, requestFactory=GatewayRequest, logFormatter=access_log_line,
-                reactor=reactor, parsePOSTFormSubmission=False)
+                reactor=reactor, parsePOSTFormSubmission=False, timeout=idle_timeout)
+    site.protocol = type("Channel", (GatewayChannel,), {"request_timeout": request_timeout})
     site.displayTracebacks = False
     return site
