@@ -70,10 +70,14 @@ class GatewayRequest(Request):
         _raw_error(self.channel.transport, status, code, message, extra)
 
 
+_PHRASES = {431: b"Request Header Fields Too Large"}  # not in twisted.web.http.RESPONSES
+
+
 def _raw_error(transport, status: int, code: str, message: str, extra=()) -> None:
     """Answer with our JSON error body on a bare transport, then close it."""
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
-    head = [b"HTTP/1.1 %d %s" % (status, http.RESPONSES[status]), b"Content-Type: application/json",
+    phrase = http.RESPONSES.get(status) or _PHRASES[status]
+    head = [b"HTTP/1.1 %d %s" % (status, phrase), b"Content-Type: application/json",
             b"Cache-Control: no-store", b"Content-Length: %d" % len(body), b"Connection: close", *extra]
     transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
     transport.loseConnection()
@@ -113,6 +117,11 @@ class GatewayChannel(http.HTTPChannel):
         if self.transport is not None:
             _raw_error(self.transport, 408, "request_timeout",
                        f"The request did not arrive within {self.request_timeout:g} seconds.")
+
+    def lineLengthExceeded(self, line):
+        self._cancel_deadline()
+        _raw_error(self.transport, 431, "headers_too_large",
+                   f"A request line or header is over {self.MAX_LENGTH // 1024} KiB.")
 
     def _respondToBadRequestAndDisconnect(self):
         self._cancel_deadline()
