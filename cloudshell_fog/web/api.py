@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from autobahn.twisted.resource import WebSocketResource
@@ -39,19 +40,29 @@ def header(request, name: bytes) -> str | None:
     return value.decode("latin-1") if value is not None else None
 
 
-def write_json(request, status: int, body, headers: dict[str, str] | None = None) -> None:
+class Document:
+    """A handler's non-JSON answer: bytes and their media type."""
+
+    def __init__(self, content: bytes, media_type: bytes):
+        self.content, self.media_type = content, media_type
+
+
+def write_document(request, status: int, document: Document, headers: dict[str, str] | None = None) -> None:
     if request.finished or request._disconnected:
         return
-    data = json.dumps(body, separators=(",", ":")).encode("utf-8")
     request.setResponseCode(status)
-    request.setHeader(b"content-type", b"application/json")
-    request.setHeader(b"cache-control", b"no-store")
-    request.setHeader(b"content-length", str(len(data)).encode())
+    request.setHeader(b"content-type", document.media_type)
+    request.setHeader(b"content-length", str(len(document.content)).encode())
     for name, value in (headers or {}).items():
         request.setHeader(name.encode(), value.encode())
     if request.method != b"HEAD":
-        request.write(data)
+        request.write(document.content)
     request.finish()
+
+
+def write_json(request, status: int, body, headers: dict[str, str] | None = None) -> None:
+    data = json.dumps(body, separators=(",", ":")).encode("utf-8")
+    write_document(request, status, Document(data, b"application/json"), {"Cache-Control": "no-store", **(headers or {})})
 
 
 def bearer_challenge(error: ApiError) -> str:
@@ -112,7 +123,10 @@ class Route(Resource):
                     headers={"Allow": allowed},
                 )
             status, body = await handler(request, principal)
-            write_json(request, status, body)
+            if isinstance(body, Document):
+                write_document(request, status, body)
+            else:
+                write_json(request, status, body)
         except ApiError as e:
             write_error(request, e)
         except CancelledError:
@@ -174,8 +188,26 @@ class Health(Route):
         return 200, {"status": "ok"}
 
 
+OPENAPI_PATH = Path(__file__).parent / "openapi.yaml"
+
+
+class OpenApiRoute(Route):
+    """GET /v1/openapi.yaml: this API as OpenAPI 3.1 (no authentication)."""
+
+    protected = False
+
+    def __init__(self, api):
+        super().__init__(api)
+        self.methods = {b"GET": self.get}
+
+    async def get(self, request, principal):
+        return 200, Document(OPENAPI_PATH.read_bytes(), b"application/yaml; charset=utf-8")
+
+
 class V1(Route):
     def child(self, name, request):
+        if name == b"openapi.yaml" and not request.postpath:
+            return OpenApiRoute(self.api)
         if name == b"sessions":
             return SessionsRoute(self.api)
         if name == b"profiles":
