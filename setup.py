@@ -28,6 +28,7 @@ setup(
             "hypothesis",
             "pytest-timeout",
             "wheel",  # the packaging test builds a wheel offline
+            "schemathesis",
         ],
     },
 )

@@ -82,20 +82,31 @@ def write_error(request, error: ApiError) -> None:
 
 class Route(Resource):
     """
-    A route: C{methods} maps an HTTP method to an async handler
-    C{(request, principal) -> (status, body)}.  Children are found by
-    L{child}; anything else is a JSON 404.
+    A route.  C{http_methods} names the methods it serves, each handled by
+    the async method of the same name in lower case,
+    C{(request, principal) -> (status, body)}.  Its children are declared in
+    the route table at the end of this module (C{routes}: fixed segments;
+    C{parameter}: the route for any other segment); anything else is a JSON 404.
     """
 
     protected = True
+    http_methods: tuple[str, ...] = ()
+    routes: dict = {}
+    parameter = None
 
     def __init__(self, api: "Api"):
         super().__init__()
         self.api = api
-        self.methods: dict[bytes, object] = {}
+        self.methods = {m.encode(): getattr(self, m.lower()) for m in self.http_methods}
+
+    @classmethod
+    def at(cls, parent: "Route", name: bytes, request):
+        """The route for segment C{name} below C{parent}."""
+        return cls(parent.api)
 
     def child(self, name: bytes, request):
-        return None
+        route = self.routes.get(name) or self.parameter
+        return route.at(self, name, request) if route is not None else None
 
     def getChild(self, name, request):
         found = self.child(name, request)
@@ -169,20 +180,10 @@ class ErrorPage(Resource):
 class Root(Route):
     protected = False
 
-    def child(self, name, request):
-        if name == b"healthz":
-            return Health(self.api)
-        if name == b"v1":
-            return V1(self.api)
-        return None
-
 
 class Health(Route):
     protected = False
-
-    def __init__(self, api):
-        super().__init__(api)
-        self.methods = {b"GET": self.get}
+    http_methods = ("GET",)
 
     async def get(self, request, principal):
         return 200, {"status": "ok"}
@@ -195,32 +196,18 @@ class OpenApiRoute(Route):
     """GET /v1/openapi.yaml: this API as OpenAPI 3.1 (no authentication)."""
 
     protected = False
-
-    def __init__(self, api):
-        super().__init__(api)
-        self.methods = {b"GET": self.get}
+    http_methods = ("GET",)
 
     async def get(self, request, principal):
         return 200, Document(OPENAPI_PATH.read_bytes(), b"application/yaml; charset=utf-8")
 
 
 class V1(Route):
-    def child(self, name, request):
-        if name == b"openapi.yaml" and not request.postpath:
-            return OpenApiRoute(self.api)
-        if name == b"sessions":
-            return SessionsRoute(self.api)
-        if name == b"profiles":
-            return ProfilesRoute(self.api)
-        if name == b"nodes":
-            return NodesRoute(self.api)
-        return None
+    pass
 
 
 class ProfilesRoute(Route):
-    def __init__(self, api):
-        super().__init__(api)
-        self.methods = {b"GET": self.get}
+    http_methods = ("GET",)
 
     async def get(self, request, principal):
         profiles = [
@@ -238,23 +225,16 @@ class ProfilesRoute(Route):
 
 
 class NodesRoute(Route):
-    def __init__(self, api):
-        super().__init__(api)
-        self.methods = {b"GET": self.get}
+    http_methods = ("GET",)
 
     async def get(self, request, principal):
         return 200, {"nodes": [state.describe() for state in self.api.nodes.states()]}
 
 
 class SessionsRoute(Route):
-    def __init__(self, api):
-        super().__init__(api)
-        self.methods = {b"POST": self.create, b"GET": self.list}
+    http_methods = ("GET", "POST")
 
-    def child(self, name, request):
-        return SessionRoute(self.api, name.decode("utf-8", "replace"))
-
-    async def create(self, request, principal):
+    async def post(self, request, principal):
         body = read_json_object(request)
         session_request = parse_session_request(body)
         session, grant = await self.api.sessions.create(principal, session_request)
@@ -264,7 +244,7 @@ class SessionsRoute(Route):
             "placement": session.placement,
         }
 
-    async def list(self, request, principal):
+    async def get(self, request, principal):
         limit = _query(request, b"limit", "50")
         if not limit.isdigit() or not 1 <= int(limit) <= 200:
             raise ApiError(400, "invalid_limit", "limit must be an integer from 1 to 200.")
@@ -275,17 +255,15 @@ class SessionsRoute(Route):
 
 
 class SessionRoute(Route):
-    def __init__(self, api, session_id: str):
-        super().__init__(api)
-        self.session_id = _canonical_uuid(session_id)
-        self.methods = {b"GET": self.get, b"DELETE": self.delete}
+    http_methods = ("DELETE", "GET")
 
-    def child(self, name, request):
-        if name == b"attach":
-            return AttachRoute(self.api, self.session_id)
-        if name == b"pty" and not request.postpath:
-            return self.api.pty_resource(request, self.session_id)
-        return None
+    def __init__(self, api, session_id: str | None):
+        super().__init__(api)
+        self.session_id = session_id
+
+    @classmethod
+    def at(cls, parent, name, request):
+        return cls(parent.api, _canonical_uuid(name.decode("utf-8", "replace")))
 
     async def get(self, request, principal):
         return 200, self.api.sessions.get(principal, _require_id(self.session_id)).describe()
@@ -296,15 +274,51 @@ class SessionRoute(Route):
 
 
 class AttachRoute(Route):
+    http_methods = ("POST",)
+
     def __init__(self, api, session_id: str | None):
         super().__init__(api)
         self.session_id = session_id
-        self.methods = {b"POST": self.post}
+
+    @classmethod
+    def at(cls, parent, name, request):
+        return cls(parent.api, parent.session_id)
 
     async def post(self, request, principal):
         session, grant = self.api.sessions.mint_attach(principal, _require_id(self.session_id))
         return 200, {"session_id": session.id,
                      "attach": {"ws_url": self.api.ws_url(request, session.id), **grant}}
+
+
+class PtyRoute:
+    """The WebSocket attach: checked here, then handed to autobahn (see L{Api.pty_resource})."""
+
+    http_methods = ("GET",)
+    protected = False  # the attach token in the query authenticates, not a bearer token
+
+    @classmethod
+    def at(cls, parent, name, request):
+        return parent.api.pty_resource(request, parent.session_id) if not request.postpath else None
+
+
+# ---------------------------------------------------------------- the route table
+
+Root.routes = {b"healthz": Health, b"v1": V1}
+V1.routes = {b"openapi.yaml": OpenApiRoute, b"sessions": SessionsRoute, b"profiles": ProfilesRoute,
+               b"nodes": NodesRoute}
+SessionsRoute.parameter = SessionRoute  # /v1/sessions/{session_id}
+SessionRoute.routes = {b"attach": AttachRoute, b"pty": PtyRoute}
+
+
+def requires_bearer(target: bytes) -> bool:
+    """Whether the route a request target leads to asks for a bearer token (an unknown path: as its parent)."""
+    route = Root
+    for segment in target.split(b"?", 1)[0].strip(b"/").split(b"/"):
+        found = getattr(route, "routes", {}).get(segment) or getattr(route, "parameter", None)
+        if found is None:
+            break
+        route = found
+    return route.protected
 
 
 # ---------------------------------------------------------------- request parsing

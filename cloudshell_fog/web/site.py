@@ -10,7 +10,7 @@ import json
 from twisted.web import http
 from twisted.web.server import Request, Site
 
-from cloudshell_fog.web.api import MAX_BODY_BYTES, header
+from cloudshell_fog.web.api import MAX_BODY_BYTES, header, requires_bearer
 
 
 def access_log_line(timestamp, request) -> str:
@@ -60,8 +60,8 @@ class GatewayRequest(Request):
         self._refused = True
         # Authentication is answered first on the API's routes, as everywhere else.
         # (The request line is parsed, but self.path is only set once the body is in.)
-        path = getattr(self.channel, "_path", b"") or b""
-        if path.startswith(b"/v1/") and self.requestHeaders.getRawHeaders(b"authorization") is None:
+        target = getattr(self.channel, "_path", b"") or b""
+        if requires_bearer(target) and self.requestHeaders.getRawHeaders(b"authorization") is None:
             status, code, message = 401, "missing_token", "Send an access token as Authorization: Bearer <token>."
         else:
             status, code = 413, "body_too_large"
