@@ -12,7 +12,8 @@ setup(
     # or installing us would overwrite Twisted's own (STACK-NOTES section 1).
     packages=find_packages(include=["cloudshell_fog", "cloudshell_fog.*"])
     + ["twisted.plugins"],
-    package_data={"cloudshell_fog": ["defaults/*.yaml", "web/openapi.yaml"]},
+    package_data={"cloudshell_fog": ["defaults/*.yaml", "web/openapi.yaml", "web/static/*",
+                                      "web/static/vendor/*", "web/static/vendor/*/*"]},
     install_requires=[
         "twisted[conch,tls]",
         "autobahn[twisted]",

@@ -31,7 +31,8 @@ def code_routes() -> dict[str, set[str]]:
 
     def walk(route, path):
         if route.http_methods:
-            found[path or "/"] = set(route.http_methods)
+            rest = getattr(route, "rest_parameter", None)
+            found[(path or "/") + (f"/{{{rest}}}" if rest else "")] = set(route.http_methods)
         for segment, child in getattr(route, "routes", {}).items():
             walk(child, f"{path}/{segment.decode()}")
         if getattr(route, "parameter", None) is not None:

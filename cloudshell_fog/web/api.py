@@ -133,11 +133,12 @@ class Route(Resource):
                     f"{request.method.decode('ascii', 'replace')} is not allowed here; use {allowed}.",
                     headers={"Allow": allowed},
                 )
-            status, body = await handler(request, principal)
+            status, body, *extra = await handler(request, principal)
+            headers = extra[0] if extra else None
             if isinstance(body, Document):
-                write_document(request, status, body)
+                write_document(request, status, body, headers)
             else:
-                write_json(request, status, body)
+                write_json(request, status, body, headers)
         except ApiError as e:
             write_error(request, e)
         except CancelledError:
@@ -190,6 +191,20 @@ class Health(Route):
 
 
 OPENAPI_PATH = Path(__file__).parent / "openapi.yaml"
+STATIC_DIR = Path(__file__).parent / "static"
+# The browser terminal loads only its own files and talks only to this gateway.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                               "font-src 'self'; connect-src 'self' ws: wss:; base-uri 'none'; "
+                               "form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+_MEDIA_TYPES = {".html": b"text/html; charset=utf-8", ".js": b"text/javascript; charset=utf-8",
+                ".css": b"text/css; charset=utf-8", ".png": b"image/png", ".svg": b"image/svg+xml",
+                ".txt": b"text/plain; charset=utf-8", ".map": b"application/json", ".ico": b"image/x-icon",
+                ".woff2": b"font/woff2"}
 
 
 class OpenApiRoute(Route):
@@ -200,6 +215,45 @@ class OpenApiRoute(Route):
 
     async def get(self, request, principal):
         return 200, Document(OPENAPI_PATH.read_bytes(), b"application/yaml; charset=utf-8")
+
+
+class PageRoute(Route):
+    """GET /: the browser terminal (no authentication: the page asks for a token itself)."""
+
+    protected = False
+    http_methods = ("GET",)
+
+    async def get(self, request, principal):
+        return 200, Document((STATIC_DIR / "index.html").read_bytes(), _MEDIA_TYPES[".html"]), PAGE_HEADERS
+
+
+class StaticRoute(Route):
+    """GET /static/<file>: the page's own files, from the package; nothing outside that folder."""
+
+    protected = False
+    http_methods = ("GET",)
+    rest_parameter = "path"  # it takes every segment after /static
+
+    def __init__(self, api, path: Path | None = None):
+        super().__init__(api)
+        self.path = path
+
+    @classmethod
+    def at(cls, parent, name, request):
+        parts = list(request.postpath)  # the segments after /static
+        request.prepath += parts
+        request.postpath = []
+        if not parts or not all(p and p not in (b".", b"..") and p.isascii() and b"\\" not in p for p in parts):
+            return cls(parent.api, None)
+        return cls(parent.api, STATIC_DIR.joinpath(*(p.decode() for p in parts)))
+
+    async def get(self, request, principal):
+        path = self.path
+        if path is None or path.suffix not in _MEDIA_TYPES or not path.is_file() or \
+                STATIC_DIR.resolve() not in path.resolve().parents:
+            raise ApiError(404, "not_found", NOT_FOUND_MESSAGE)
+        return 200, Document(path.read_bytes(), _MEDIA_TYPES[path.suffix]), {
+            "X-Content-Type-Options": "nosniff", "Cache-Control": "public, max-age=300"}
 
 
 class V1(Route):
@@ -303,7 +357,7 @@ class PtyRoute:
 
 # ---------------------------------------------------------------- the route table
 
-Root.routes = {b"healthz": Health, b"v1": V1}
+Root.routes = {b"": PageRoute, b"healthz": Health, b"v1": V1, b"static": StaticRoute}
 V1.routes = {b"openapi.yaml": OpenApiRoute, b"sessions": SessionsRoute, b"profiles": ProfilesRoute,
                b"nodes": NodesRoute}
 SessionsRoute.parameter = SessionRoute  # /v1/sessions/{session_id}
