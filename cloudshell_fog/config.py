@@ -54,6 +54,10 @@ class Profile:
     memory_mb: int
     allowed_groups: tuple[str, ...]  # empty: everyone may use the profile
     image_ref: str | None  # default image when the request names none
+    run_as: str | None = None  # None: per-subject when the gateway is root; an account; "per-subject"; "root"
+    sandbox: str = "none"  # or "namespaces"
+    network: str = "host"  # or "none" (with sandbox: namespaces)
+    pids: int = 512  # most processes a session may have at once
 
 
 @dataclass(frozen=True)
@@ -63,10 +67,18 @@ class ImageRules:
 
 
 @dataclass(frozen=True)
+class AccountRules:
+    home_root: str  # homes of created accounts
+    uid_min: int  # per-subject accounts get stable uids in [uid_min, uid_max]
+    uid_max: int
+
+
+@dataclass(frozen=True)
 class Policy:
     profiles: Mapping[str, Profile]
     max_sessions_per_subject: int
     images: ImageRules
+    accounts: AccountRules = AccountRules("/var/lib/cloudshell-fog/home", 200000, 299999)
 
 
 @dataclass(frozen=True)
@@ -110,6 +122,7 @@ class Config:
     allowed_origins: tuple[str, ...]
     scrollback_bytes: int
     ws_max_message_bytes: int
+    secret_file: str | None = None
     health_interval: float = 10.0
     health_failures: int = 2
     max_sessions: int = 1000  # on this gateway, all subjects together
@@ -260,14 +273,19 @@ _PROFILE_KEYS = (
     "memory_mb",
     "allowed_groups",
     "image_ref",
+    "run_as",
+    "sandbox",
+    "network",
+    "pids",
 )
+_ACCOUNT_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 
 
 def load_policy(path: str) -> Policy:
     """Load and validate a policy file; raise L{ConfigError} naming the key."""
     from cloudshell_fog.images import ImageRefError, parse_image_ref
 
-    top = _Reader(path, "", _load_yaml(path), ("profiles", "quotas", "images"))
+    top = _Reader(path, "", _load_yaml(path), ("profiles", "quotas", "images", "accounts"))
     raw_profiles = top.get("profiles")
     if not isinstance(raw_profiles, dict) or not raw_profiles:
         top.fail("profiles", "must be a mapping with at least one profile")
@@ -282,6 +300,17 @@ def load_policy(path: str) -> Policy:
                 parse_image_ref(image_ref)
             except ImageRefError as e:
                 r.fail("image_ref", str(e))
+        run_as = r.str("run_as", None)
+        if run_as is not None and run_as != "per-subject" and not _ACCOUNT_RE.fullmatch(run_as):
+            r.fail("run_as", f"{run_as!r} must be an account name, per-subject or root")
+        sandbox = r.str("sandbox", "none")
+        if sandbox not in ("none", "namespaces"):
+            r.fail("sandbox", f"must be none or namespaces, not {sandbox!r}")
+        network = r.str("network", "host")
+        if network not in ("host", "none"):
+            r.fail("network", f"must be host or none, not {network!r}")
+        if network == "none" and sandbox != "namespaces":
+            r.fail("network", "none needs sandbox: namespaces (the shell gets its own network namespace)")
         profiles[name] = Profile(
             name=name,
             max_ttl_seconds=r.int("max_ttl_seconds", minimum=1),
@@ -290,10 +319,21 @@ def load_policy(path: str) -> Policy:
             memory_mb=r.int("memory_mb", 1024, minimum=16),
             allowed_groups=r.strings("allowed_groups", ()),
             image_ref=image_ref,
+            run_as=run_as,
+            sandbox=sandbox,
+            network=network,
+            pids=r.int("pids", 512, minimum=8, maximum=1_000_000),
         )
     quotas = _Reader(path, "quotas", top.get("quotas", {}), ("max_sessions_per_subject",))
     images = _Reader(path, "images", top.get("images", {}), ("allowed_registries", "require_digest"))
+    accounts = _Reader(path, "accounts", top.get("accounts", {}), ("home_root", "uid_min", "uid_max"))
+    home_root = accounts.str("home_root", "/var/lib/cloudshell-fog/home")
+    if not os.path.isabs(home_root):
+        accounts.fail("home_root", f"{home_root!r} must be an absolute path")
+    uid_min = accounts.int("uid_min", 200000, minimum=1000, maximum=2**31 - 2)
+    uid_max = accounts.int("uid_max", 299999, minimum=uid_min, maximum=2**31 - 2)
     return Policy(
+        accounts=AccountRules(home_root, uid_min, uid_max),
         profiles=profiles,
         max_sessions_per_subject=quotas.int("max_sessions_per_subject", 10, minimum=1),
         images=ImageRules(
@@ -488,6 +528,9 @@ def _production_policy(policy: Policy, path: str, mode: str) -> Policy:
         from cloudshell_fog.images import parse_image_ref
 
         for profile in policy.profiles.values():
+            if profile.run_as == "root":
+                raise ConfigError(path, f"profiles.{profile.name}.run_as",
+                                  "root is for development only; production shells never run as root")
             if profile.image_ref is not None and not parse_image_ref(profile.image_ref).pinned:
                 raise ConfigError(path, f"profiles.{profile.name}.image_ref",
                                   "must be pinned by digest in production (name@sha256:<64 hex>)")
@@ -518,6 +561,17 @@ def load_config(
     oidc = _oidc_settings(env, mode)
 
     secret_raw = env.get("SESSION_TOKEN_SECRET", "")
+    secret_file = env.get("SESSION_TOKEN_SECRET_FILE", "").strip()
+    if secret_file:
+        if secret_raw:
+            raise ConfigError("SESSION_TOKEN_SECRET_FILE", "value", "set either it or SESSION_TOKEN_SECRET, not both")
+        try:
+            with open(secret_file, encoding="utf-8") as f:
+                secret_raw = f.read().strip()
+        except OSError as e:
+            raise ConfigError("SESSION_TOKEN_SECRET_FILE", "value", f"cannot read {secret_file}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError("SESSION_TOKEN_SECRET_FILE", "value", f"{secret_file} is not UTF-8 text") from None
     if secret_raw:
         secret = secret_raw.encode("utf-8")
         if len(secret) < 32:
@@ -546,6 +600,7 @@ def load_config(
         nodes=load_nodes(nodes_path),
         audit_log=env.get("AUDIT_LOG", "").strip() or None,
         state_db=env.get("STATE_DB", "").strip() or DEFAULT_STATE_DB,
+        secret_file=secret_file or None,
         terminated_retention_seconds=_env_int(env, "TERMINATED_RETENTION_SECONDS", 300, 0, 86400 * 7),
         allowed_origins=_env_list(env, "ALLOWED_ORIGINS"),
         scrollback_bytes=_env_int(env, "SCROLLBACK_BYTES", 128 * 1024, 0, 64 * 1024 * 1024),

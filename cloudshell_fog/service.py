@@ -26,11 +26,13 @@ from cloudshell_fog.auth.oidc import OidcVerifier
 from cloudshell_fog.config import Config, ConfigError, load_config
 from cloudshell_fog.limits import TokenBuckets
 from cloudshell_fog.nodes import NodeInventory, NodeProber, NodeState
+from cloudshell_fog.runtime.isolation import Accounts, Isolation, detect_cgroups, sandbox_works
 from cloudshell_fog.runtime.local import LocalPtyConnector
 from cloudshell_fog.runtime.ssh import SshConnector
 from cloudshell_fog.runtime.procs import become_subreaper, reap_orphans
 from cloudshell_fog.sessions import SessionManager
 from cloudshell_fog.store import SqliteSessionStore, StoreError
+from cloudshell_fog.terminal import flush_bytes_for
 from cloudshell_fog.web.api import Api, Root
 from cloudshell_fog.web.pty import make_ws_factory
 from cloudshell_fog.web.site import make_site
@@ -78,7 +80,30 @@ class Parts:
     prober: NodeProber
 
 
-def build_parts(config: Config, reactor, clock=None, store=None) -> Parts:
+def gateway_directories(config: Config) -> list[str]:
+    """Where the gateway keeps configuration, state and keys: hidden from sandboxed shells."""
+    files = [config.policy_file, config.nodes_file, config.state_db, config.audit_log, config.secret_file]
+    files += [node.ssh.key_file for node in config.nodes if node.ssh is not None]
+    return sorted({os.path.dirname(os.path.abspath(f)) for f in files if f and f != ":memory:"})
+
+
+def make_isolation(config: Config) -> Isolation:
+    """Detect what this host allows (accounts, cgroups, bubblewrap) once, at start."""
+    rules = config.policy.accounts
+    cgroups = detect_cgroups()
+    sandbox_problem = sandbox_works() if any(p.sandbox == "namespaces" for p in config.policy.profiles.values()) \
+        else "no profile asks for a sandbox"
+    if cgroups is None:
+        log.warn("resource limits are OFF: no writable cgroup (memory_mb, pids and cpu are not enforced)")
+    else:
+        log.info("resource limits enforced with cgroup v{version}", version=cgroups.version)
+    if os.geteuid() != 0:
+        log.warn("not running as root: shells run as the gateway's own user ({user})", user=Accounts.current().name)
+    return Isolation(Accounts(rules.home_root, rules.uid_min, rules.uid_max), cgroups, sandbox_problem,
+                     gateway_directories(config))
+
+
+def build_parts(config: Config, reactor, clock=None, store=None, isolation=None) -> Parts:
     """
     Build the gateway's objects (no I/O).  C{clock} drives session lifetimes
     (TTL, idle, retention, attach-token expiry) so tests can advance it;
@@ -86,8 +111,10 @@ def build_parts(config: Config, reactor, clock=None, store=None) -> Parts:
     """
     clock = clock or reactor
     audit = Audit(reactor, config.audit_log)
-    connectors = {"local": LocalPtyConnector, "ssh": SshConnector}
-    inventory = NodeInventory([NodeState(node, connectors[node.connector](node, reactor)) for node in config.nodes])
+    isolation = isolation or make_isolation(config)
+    connectors = {"local": lambda node: LocalPtyConnector(node, reactor, isolation=isolation),
+                  "ssh": lambda node: SshConnector(node, reactor)}
+    inventory = NodeInventory([NodeState(node, connectors[node.connector](node)) for node in config.nodes])
     prober = NodeProber(inventory, reactor, config.health_interval, config.health_failures)
     tokens = AttachTokens(config.session_token_secret, clock)
     sessions = SessionManager(
@@ -103,6 +130,7 @@ def build_parts(config: Config, reactor, clock=None, store=None) -> Parts:
         store=store,
         max_sessions=config.max_sessions,
         creation_limit=TokenBuckets(clock, config.create_rate_per_minute, config.create_burst),
+        flush_bytes=flush_bytes_for(config.ws_max_message_bytes),  # the limit binds our own frames too
     )
     verifier = OidcVerifier(config.oidc, clock) if config.oidc else DevVerifier(config.dev_groups)
     ws_factory = make_ws_factory(config.ws_max_message_bytes, config.ws_ping_interval)
@@ -167,7 +195,17 @@ def makeService(options, reactor=None):
     except StoreError as e:
         sys.stderr.write(f"cloudshell-fog: configuration error: STATE_DB: value: {e}\n")
         raise SystemExit(2) from None
-    parts = build_parts(config, reactor, store=store)
+    isolation = make_isolation(config)
+    if not config.development:
+        problem = None
+        if isolation.cgroups is None and any(n.connector == "local" for n in config.nodes):
+            problem = "resource limits are configured but no cgroup is writable (run as root with cgroups)"
+        elif any(p.sandbox == "namespaces" for p in config.policy.profiles.values()) and isolation.sandbox_problem:
+            problem = f"a profile asks for sandbox: namespaces, but {isolation.sandbox_problem}"
+        if problem:
+            sys.stderr.write(f"cloudshell-fog: configuration error: CLOUDSHELL_ENV: production: {problem}\n")
+            raise SystemExit(2)
+    parts = build_parts(config, reactor, store=store, isolation=isolation)
     root = MultiService()
     SessionsService(parts, options.get("stop-grace", 5.0), reactor).setServiceParent(root)
     parts.prober.setServiceParent(root)

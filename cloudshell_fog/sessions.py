@@ -28,7 +28,7 @@ from cloudshell_fog.placement import NoCapacity, place
 from cloudshell_fog.policy import SessionRequest, admit
 from cloudshell_fog.runtime.interface import RuntimeUnavailable, TerminalSize
 from cloudshell_fog.store import SqliteSessionStore
-from cloudshell_fog.terminal import TerminalHub
+from cloudshell_fog.terminal import FLUSH_BYTES, TerminalHub
 
 PENDING, RUNNING, TERMINATED = "pending", "running", "terminated"
 TERMINATE_TIMEOUT = 15.0
@@ -97,6 +97,7 @@ class SessionManager:
         store=None,
         max_sessions: int = 1000,
         creation_limit=None,
+        flush_bytes: int = FLUSH_BYTES,
     ):
         self.policy = policy
         self._inventory = inventory
@@ -109,6 +110,7 @@ class SessionManager:
         self._require_digest = require_digest
         self._store = store if store is not None else SqliteSessionStore(":memory:")
         self._max_sessions = max_sessions
+        self._flush_bytes = flush_bytes
         self._creation_limit = creation_limit  # TokenBuckets per subject, or None
         self._sessions: dict[str, Session] = {}
         self._ending: dict[str, Deferred] = {}
@@ -205,7 +207,7 @@ class SessionManager:
             self._inventory.reserve(node.id)
             try:
                 stream = await self._inventory.connector(node.id).allocate(
-                    session.id, profile, decision.image_ref, TerminalSize()
+                    session.id, profile, decision.image_ref, TerminalSize(), subject=principal.subject
                 )
             except RuntimeUnavailable as e:
                 self._inventory.release(node.id)
@@ -256,6 +258,7 @@ class SessionManager:
             self._scrollback_bytes,
             on_input=lambda: self._touched(session),
             on_exit=lambda code: self._exited(session, code),
+            flush_bytes=self._flush_bytes,
         )
         if session.status == TERMINATED:  # the shell died before the hub was set
             return

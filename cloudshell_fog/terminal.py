@@ -26,7 +26,13 @@ from zope.interface import Interface, implementer
 from cloudshell_fog.runtime.interface import IPtyConsumer
 
 COALESCE_SECONDS = 0.003
-FLUSH_BYTES = 64 * 1024
+FLUSH_BYTES = 32 * 1024
+FRAME_OVERHEAD = 64  # bytes of JSON around the base64 payload
+
+
+def flush_bytes_for(max_message_bytes: int) -> int:
+    """The largest batch whose stdout frame fits a WebSocket message limit (base64 grows by 4/3)."""
+    return max(256, min(FLUSH_BYTES, (max_message_bytes - FRAME_OVERHEAD) * 3 // 4))
 
 
 def stdout_frame(data: bytes) -> bytes:
@@ -132,9 +138,11 @@ class TerminalHub:
         self.offset += len(data)
         self._remember(data)
         if self._attachments:
-            frame = stdout_frame(data)
-            for attachment in list(self._attachments):
-                attachment.sendOutput(frame)
+            size = self._flush_bytes  # one read can be larger than a frame may be (SSH windows)
+            for start in range(0, len(data), size):
+                frame = stdout_frame(data[start : start + size] if len(data) > size else data)
+                for attachment in list(self._attachments):
+                    attachment.sendOutput(frame)
 
     def _remember(self, data: bytes) -> None:
         limit = self._scrollback_limit

@@ -33,11 +33,16 @@ RUN_ID = os.environ.setdefault("CLOUDSHELL_TEST_RUN_ID", uuid.uuid4().hex)
 SECRET = "s" * 32
 STEP_TIMEOUT = 10.0
 
+# As root, shells run as this account (one for the whole suite, not one per test subject).
+TEST_ACCOUNT = "cloudshell-test"
+# Session directories must be reachable by that account: not inside pytest's private (0700) tmp.
+WORK_ROOT = f"/tmp/cloudshell-fog-test/{RUN_ID}"
+
 POLICY = {
     "profiles": {
-        "default": {"max_ttl_seconds": 3600, "idle_timeout_seconds": 900},
-        "small": {"max_ttl_seconds": 600, "idle_timeout_seconds": 60, "memory_mb": 256},
-        "admins": {"max_ttl_seconds": 600, "allowed_groups": ["admins"]},
+        "default": {"max_ttl_seconds": 3600, "idle_timeout_seconds": 900, "run_as": TEST_ACCOUNT},
+        "small": {"max_ttl_seconds": 600, "idle_timeout_seconds": 60, "memory_mb": 256, "run_as": TEST_ACCOUNT},
+        "admins": {"max_ttl_seconds": 600, "allowed_groups": ["admins"], "run_as": TEST_ACCOUNT},
     },
     "quotas": {"max_sessions_per_subject": 3},
 }
@@ -61,8 +66,8 @@ def write_config(directory: Path, policy: dict | None = None, nodes: list | None
     policy_path, nodes_path = directory / "policy.yaml", directory / "nodes.yaml"
     policy_path.write_text(yaml.safe_dump(policy or POLICY))
     nodes = nodes or [
-        node("fog-local", "fog", work_root=str(directory / "work")),
-        node("cloud-local", "cloud", work_root=str(directory / "work")),
+        node("fog-local", "fog", work_root=WORK_ROOT),
+        node("cloud-local", "cloud", work_root=WORK_ROOT),
     ]
     nodes_path.write_text(yaml.safe_dump({"nodes": nodes}))
     return {

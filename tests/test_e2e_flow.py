@@ -6,7 +6,7 @@ import time
 import pytest
 import pytest_twisted
 
-from support import in_thread
+from support import WORK_ROOT, in_thread
 
 pytestmark = pytest.mark.usefixtures("gateway")
 
@@ -198,6 +198,6 @@ async def test_shell_environment_is_explicit(gateway):
     out = await in_thread(ws.read_until, b"END-2")
     assert b"TERM=xterm-256color" in out
     assert b"do-not-leak" not in out and b"SESSION_TOKEN_SECRET" not in out
-    assert f"HOME={gateway.env['POLICY_FILE'].rsplit('/', 1)[0]}/work/{created['session_id']}".encode() in out
+    assert f"HOME={WORK_ROOT}/{created['session_id']}".encode() in out
     await in_thread(ws.type, "exit\n")
     await in_thread(ws.wait_exit)

@@ -9,7 +9,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 
 from cloudshell_fog.runtime.interface import RuntimeUnavailable, TerminalSize
 from cloudshell_fog.runtime.local import LocalPtyConnector
-from support import Gateway, in_thread, node
+from support import WORK_ROOT, Gateway, in_thread, node
 
 
 def _shell(directory) -> str:
@@ -22,7 +22,7 @@ def _shell(directory) -> str:
 @pytest_twisted.ensureDeferred
 async def test_failover_to_cloud_when_fog_cannot_start_a_shell(tmp_path):
     """A fog node whose shell vanished fails over to the cloud node, and the reasons say so."""
-    work = str(tmp_path / "work")
+    work = WORK_ROOT
     gw = Gateway(tmp_path, nodes=[node("fog-local", "fog", shell=[_shell(tmp_path)], work_root=work),
                                   node("cloud-local", "cloud", work_root=work)])
     gw.start()
@@ -45,8 +45,8 @@ async def test_failover_to_cloud_when_fog_cannot_start_a_shell(tmp_path):
 async def test_500_lists_every_node_failure(tmp_path):
     """When no node can start the shell, the 500 names each node's failure."""
     shell = _shell(tmp_path)
-    gw = Gateway(tmp_path, nodes=[node("fog-a", "fog", shell=[shell], work_root=str(tmp_path / "w")),
-                                  node("cloud-b", "cloud", shell=[shell], work_root=str(tmp_path / "w"))])
+    gw = Gateway(tmp_path, nodes=[node("fog-a", "fog", shell=[shell], work_root=WORK_ROOT),
+                                  node("cloud-b", "cloud", shell=[shell], work_root=WORK_ROOT)])
     gw.start()
     try:
         os.unlink(shell)
@@ -63,7 +63,7 @@ async def test_500_lists_every_node_failure(tmp_path):
 @pytest_twisted.ensureDeferred
 async def test_full_nodes_answer_500_no_capacity(tmp_path):
     """With every node at capacity, creation fails with no_capacity, and a freed slot is reused."""
-    work = str(tmp_path / "w")
+    work = WORK_ROOT
     gw = Gateway(tmp_path, nodes=[node("only", "fog", capacity=1, work_root=work)])
     gw.start()
     try:

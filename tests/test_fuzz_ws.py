@@ -15,7 +15,7 @@ from twisted.logger import globalLogPublisher
 from websockets.exceptions import ConnectionClosed
 
 from cloudshell_fog.web.frames import BadFrame, parse_client_frame
-from support import Gateway, WsClient, in_thread, node
+from support import WORK_ROOT, Gateway, WsClient, in_thread, node
 
 EXAMPLES = 80
 
@@ -82,7 +82,7 @@ def fuzz(url: str, bystander: WsClient) -> int:
 async def test_random_frames_never_hurt_the_gateway_or_other_attachments(tmp_path):
     """Random and malformed frames close only their own socket with the documented code."""
     # The shell is `cat`: fuzzed stdin reaches a harmless program, never an interactive shell.
-    gw = Gateway(tmp_path, nodes=[node("fog-local", "fog", shell=["/bin/cat"], work_root=str(tmp_path / "w"))],
+    gw = Gateway(tmp_path, nodes=[node("fog-local", "fog", shell=["/bin/cat"], work_root=WORK_ROOT)],
                  env={"MAX_ATTACHMENTS_PER_SESSION": "4"})
     gw.start()
     failures = []

@@ -194,3 +194,19 @@ def test_detached_session_keeps_output_in_scrollback_only():
     a = FakeAttachment()
     hub.attach(a)
     assert a.data == b"while you were away\r\n"
+
+
+def test_frames_always_fit_the_message_limit():
+    """A batch's frame stays under the WebSocket message limit, which autobahn applies to our frames too."""
+    from cloudshell_fog.terminal import flush_bytes_for, stdout_frame
+
+    for limit in (1024, 4096, 65536, 16 * 2**20):
+        size = flush_bytes_for(limit)
+        assert len(stdout_frame(b"\xff" * size)) <= limit
+    clock, stream, hub = make(flush_bytes=flush_bytes_for(1024))
+    a = FakeAttachment()
+    hub.attach(a)
+    stream.consumer.outputReceived(b"x")
+    stream.consumer.outputReceived(b"y" * 5000)
+    clock.advance(1)
+    assert all(len(f) <= 1024 for f in a.frames) and a.data == b"x" + b"y" * 5000

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from support import SECRET, WsClient, write_config
+from support import SECRET, WORK_ROOT, WsClient, write_config
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
@@ -167,7 +167,7 @@ def test_gateway_process_serves_and_stops_cleanly(gateway_process):
     assert proc.wait(15) == 0  # a clean stop exits 0 (not twistd's re-raised SIGTERM)
     assert not os.path.exists(f"/proc/{shell_pid}") or \
         open(f"/proc/{shell_pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
-    assert os.listdir(directory / "work") == []  # every session directory removed before exit
+    assert not os.path.exists(f"{WORK_ROOT}/{created['session_id']}")  # removed before exit
     log = (directory / "gateway.log").read_text()
     assert "Server Shut Down." in log and "Traceback" not in log
     assert SECRET not in log and created["attach"]["token"] not in log

@@ -75,9 +75,9 @@ class IPtyStream(Interface):
 class IRuntimeConnector(Interface):
     node_id = Attribute("The id of the node this connector starts shells on.")
 
-    def allocate(session_id: str, profile, image_ref: str | None, size: TerminalSize):
+    def allocate(session_id: str, profile, image_ref: str | None, size: TerminalSize, subject: str | None):
         """
-        Start a shell for a session.
+        Start a shell for a session of C{subject} (who may get an account of its own).
 
         @return: a Deferred firing with an L{IPtyStream}, or failing with
             L{RuntimeUnavailable}.

@@ -9,7 +9,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import pwd
 import shutil
 import signal
 import struct
@@ -27,6 +26,7 @@ from cloudshell_fog.runtime.interface import (
     RuntimeUnavailable,
     TerminalSize,
 )
+from cloudshell_fog.runtime.isolation import Account, AccountError, Accounts, Isolation, Limits, launch_argv
 from cloudshell_fog.runtime.procs import reap_orphans, session_processes, signal_processes
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -56,10 +56,11 @@ class LocalPtyStream(ProcessProtocol):
 
     _log = Logger()
 
-    def __init__(self, clock, workdir: str, marker: bytes, tty: str,
-                 kill_grace: float = KILL_GRACE_SECONDS, on_clean=lambda stream: None):
+    def __init__(self, clock, workdir: str | None, marker: bytes, tty: str,
+                 kill_grace: float = KILL_GRACE_SECONDS, on_clean=lambda stream: None, cgroup=None):
         self._clock, self._workdir, self._kill_grace = clock, workdir, kill_grace
         self._on_clean = on_clean
+        self.cgroup = cgroup
         self._marker, self._tty = marker, tty
         self._consumer = None
         self._pending: list[bytes] = []
@@ -148,11 +149,22 @@ class LocalPtyStream(ProcessProtocol):
     def _kill_rest(self) -> None:
         self._processes.update(session_processes(self.pid, self._marker, self._live_tty()))
         left = signal_processes(self._processes, signal.SIGKILL)
+        if self.cgroup is not None:
+            left += self.cgroup.kill()  # nothing started in the session escapes its cgroup
         if left:
             self._log.info("killed {count} leftover processes of shell {pid}", count=left, pid=self.pid)
         reap_orphans()
-        shutil.rmtree(self._workdir, ignore_errors=True)
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+        if self.cgroup is not None and not self.cgroup.remove():
+            self._clock.callLater(1.0, self._remove_cgroup, 10)
         self._on_clean(self)
+
+    def _remove_cgroup(self, tries: int) -> None:
+        """A killed process can take a moment to leave its cgroup: try again, a bounded number of times."""
+        self.cgroup.kill()
+        if not self.cgroup.remove() and tries > 1:
+            self._clock.callLater(1.0, self._remove_cgroup, tries - 1)
 
     def clean_now(self) -> None:
         """Kill leftovers and remove the work directory now, not after the grace (shutdown)."""
@@ -167,9 +179,10 @@ class LocalPtyConnector:
 
     _log = Logger()
 
-    def __init__(self, node, reactor, clock=None, kill_grace: float = KILL_GRACE_SECONDS):
+    def __init__(self, node, reactor, clock=None, kill_grace: float = KILL_GRACE_SECONDS, isolation=None):
         self.node_id = node.id
         self._node = node
+        self._isolation = isolation or Isolation.disabled()
         self._reactor = reactor
         self._clock = clock or reactor
         self._kill_grace = kill_grace
@@ -186,12 +199,9 @@ class LocalPtyConnector:
         for stream in list(self._streams):
             stream.clean_now()
 
-    def environment(self, session_id: str, workdir: str) -> dict[str, str]:
+    def environment(self, session_id: str, workdir: str, account: Account | None = None) -> dict[str, str]:
         """The shell's whole environment: never a copy of the gateway's own."""
-        try:
-            user = pwd.getpwuid(os.getuid()).pw_name
-        except KeyError:
-            user = str(os.getuid())
+        user = (account or Accounts.current()).name
         env = {
             "PATH": DEFAULT_PATH,
             "LANG": "C.UTF-8",
@@ -211,30 +221,61 @@ class LocalPtyConnector:
         )
         return env
 
-    def allocate(self, session_id, profile, image_ref, size: TerminalSize = TerminalSize()):
+    def allocate(self, session_id, profile, image_ref, size: TerminalSize = TerminalSize(), subject=None):
         try:
-            return succeed(self._spawn(session_id, size))
+            return succeed(self._spawn(session_id, size, profile, subject))
         except RuntimeUnavailable as e:
             return fail(e)
 
-    def _spawn(self, session_id: str, size: TerminalSize) -> LocalPtyStream:
+    def _spawn(self, session_id: str, size: TerminalSize, profile=None, subject=None) -> LocalPtyStream:
         shell = self._node.shell
         if not os.access(shell[0], os.X_OK):
             raise RuntimeUnavailable(
                 "shell-missing", f"The shell {shell[0]} does not exist or is not executable on node {self.node_id}."
             )
-        workdir = os.path.join(self._node.work_root, session_id)
+        isolation = self._isolation
+        sandbox = profile is not None and profile.sandbox == "namespaces"
+        if sandbox and isolation.sandbox_problem:
+            raise RuntimeUnavailable("sandbox-unavailable",
+                                     f"Node {self.node_id} cannot sandbox shells: {isolation.sandbox_problem}.")
         try:
-            os.makedirs(self._node.work_root, mode=0o711, exist_ok=True)
-            os.mkdir(workdir, 0o700)
-        except OSError as e:
-            raise RuntimeUnavailable(
-                "workdir-failed", f"Cannot create the session directory on node {self.node_id}: {e.strerror}."
-            ) from None
+            account = isolation.account_for(profile, subject)
+        except AccountError as e:
+            raise RuntimeUnavailable("account-failed", f"Cannot get an account for the shell: {e}.") from None
+        persistent_home = account is not None and profile.run_as in (None, "per-subject")
+        workdir = None
+        if persistent_home:
+            home = account.home
+        else:
+            home = workdir = os.path.join(self._node.work_root, session_id)
+            try:
+                os.makedirs(self._node.work_root, mode=0o711, exist_ok=True)
+                os.mkdir(workdir, 0o700)
+                if account is not None:
+                    os.chown(workdir, account.uid, account.gid)
+            except OSError as e:
+                raise RuntimeUnavailable(
+                    "workdir-failed", f"Cannot create the session directory on node {self.node_id}: {e.strerror}."
+                ) from None
+        cgroup = None
+        if isolation.cgroups is not None and profile is not None:
+            try:
+                cgroup = isolation.cgroups.create(session_id, Limits(profile.memory_mb, profile.pids, profile.cpu))
+            except OSError as e:
+                if workdir:
+                    shutil.rmtree(workdir, ignore_errors=True)
+                raise RuntimeUnavailable("cgroup-failed", f"Cannot create the session's cgroup: {e.strerror}.") from None
+        argv, launch_env = launch_argv(list(shell), account, home, cgroup, sandbox,
+                                       profile is not None and profile.network == "none", isolation.hidden)
+        env = self.environment(session_id, home, account)
+        env.update(launch_env)
         try:
             master, slave = os.openpty()
         except OSError as e:
-            shutil.rmtree(workdir, ignore_errors=True)
+            if workdir:
+                shutil.rmtree(workdir, ignore_errors=True)
+            if cgroup is not None:
+                cgroup.remove()
             if e.errno in (errno.ENOSPC, errno.EAGAIN, errno.EMFILE, errno.ENFILE, errno.ENOENT):
                 raise RuntimeUnavailable(
                     "pty-exhausted",
@@ -245,17 +286,10 @@ class LocalPtyConnector:
             tty = os.ttyname(slave)
             stream = LocalPtyStream(
                 self._clock, workdir, f"CLOUDSHELL_SESSION_ID={session_id}".encode(), tty,
-                self._kill_grace, on_clean=self._streams.discard,
+                self._kill_grace, on_clean=self._streams.discard, cgroup=cgroup,
             )
             set_window_size(master, size.cols, size.rows)
-            self._reactor.spawnProcess(
-                stream,
-                shell[0],
-                list(shell),
-                env=self.environment(session_id, workdir),
-                path=workdir,
-                usePTY=(master, slave, tty),
-            )
+            self._reactor.spawnProcess(stream, argv[0], argv, env=env, path=home, usePTY=(master, slave, tty))
         except OSError as e:
             # With a caller-supplied PTY, Twisted closes neither end when the spawn fails.
             for fd in (master, slave):
@@ -263,7 +297,10 @@ class LocalPtyConnector:
                     os.close(fd)
                 except OSError:
                     pass
-            shutil.rmtree(workdir, ignore_errors=True)
+            if workdir:
+                shutil.rmtree(workdir, ignore_errors=True)
+            if cgroup is not None:
+                cgroup.remove()
             raise RuntimeUnavailable("spawn-failed", f"Cannot start the shell: {e.strerror}.") from None
         self._streams.add(stream)
         return stream

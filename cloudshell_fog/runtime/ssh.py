@@ -401,7 +401,7 @@ class SshConnector:
         stream.on_closed = self._streams.discard
         return stream
 
-    def allocate(self, session_id, profile, image_ref, size: TerminalSize = TerminalSize()):
+    def allocate(self, session_id, profile, image_ref, size: TerminalSize = TerminalSize(), subject=None):
         return Deferred.fromCoroutine(self._allocate(session_id, size))
 
     async def _probe(self) -> float:
