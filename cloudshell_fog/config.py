@@ -132,6 +132,7 @@ class Config:
     http_idle_timeout: float = 60.0
     http_request_timeout: float = 15.0
     ws_ping_interval: float = 30.0  # 0: no pings
+    metrics_listen: tuple[str, ...] = ()  # a listener of their own for /metrics; () : on the API's
 
     @property
     def development(self) -> bool:
@@ -614,4 +615,5 @@ def load_config(
         http_idle_timeout=_env_float(env, "HTTP_IDLE_TIMEOUT", 60.0, 1.0, 86400.0),
         http_request_timeout=_env_float(env, "HTTP_REQUEST_TIMEOUT", 15.0, 1.0, 3600.0),
         ws_ping_interval=_env_float(env, "WS_PING_INTERVAL", 30.0, 0.0, 3600.0),
+        metrics_listen=tuple(listen_endpoint(a, "METRICS_LISTEN_ADDR") for a in _env_list(env, "METRICS_LISTEN_ADDR")),
     )

@@ -18,6 +18,7 @@ from twisted.internet import endpoints
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.web.server import Site
 
 from cloudshell_fog.audit import Audit
 from cloudshell_fog.auth.attach import AttachTokens
@@ -25,6 +26,7 @@ from cloudshell_fog.auth.dev import DevVerifier
 from cloudshell_fog.auth.oidc import OidcVerifier
 from cloudshell_fog.config import Config, ConfigError, load_config
 from cloudshell_fog.limits import TokenBuckets
+from cloudshell_fog.metrics import Metrics
 from cloudshell_fog.nodes import NodeInventory, NodeProber, NodeState
 from cloudshell_fog.runtime.isolation import Accounts, Isolation, detect_cgroups, sandbox_works
 from cloudshell_fog.runtime.local import LocalPtyConnector
@@ -33,7 +35,7 @@ from cloudshell_fog.runtime.procs import become_subreaper, reap_orphans
 from cloudshell_fog.sessions import SessionManager
 from cloudshell_fog.store import SqliteSessionStore, StoreError
 from cloudshell_fog.terminal import flush_bytes_for
-from cloudshell_fog.web.api import Api, Root
+from cloudshell_fog.web.api import Api, Root, metrics_resource
 from cloudshell_fog.web.pty import make_ws_factory
 from cloudshell_fog.web.site import make_site
 
@@ -112,9 +114,11 @@ def build_parts(config: Config, reactor, clock=None, store=None, isolation=None)
     clock = clock or reactor
     audit = Audit(reactor, config.audit_log)
     isolation = isolation or make_isolation(config)
+    metrics = Metrics()
     connectors = {"local": lambda node: LocalPtyConnector(node, reactor, isolation=isolation),
                   "ssh": lambda node: SshConnector(node, reactor)}
     inventory = NodeInventory([NodeState(node, connectors[node.connector](node)) for node in config.nodes])
+    metrics.bind(inventory)
     prober = NodeProber(inventory, reactor, config.health_interval, config.health_failures)
     tokens = AttachTokens(config.session_token_secret, clock)
     sessions = SessionManager(
@@ -131,10 +135,11 @@ def build_parts(config: Config, reactor, clock=None, store=None, isolation=None)
         max_sessions=config.max_sessions,
         creation_limit=TokenBuckets(clock, config.create_rate_per_minute, config.create_burst),
         flush_bytes=flush_bytes_for(config.ws_max_message_bytes),  # the limit binds our own frames too
+        metrics=metrics,
     )
     verifier = OidcVerifier(config.oidc, clock) if config.oidc else DevVerifier(config.dev_groups)
     ws_factory = make_ws_factory(config.ws_max_message_bytes, config.ws_ping_interval)
-    api = Api(config, verifier, sessions, tokens, audit, ws_factory, inventory)
+    api = Api(config, verifier, sessions, tokens, audit, ws_factory, inventory, metrics)
     site = make_site(Root(api), reactor, config.http_idle_timeout, config.http_request_timeout)
     return Parts(config, audit, sessions, inventory, api, site, verifier, prober)
 
@@ -214,6 +219,10 @@ def makeService(options, reactor=None):
     reaper.setServiceParent(root)
     for description in config.listen:
         ListenService(reactor, description, parts.site).setServiceParent(root)
+    if config.metrics_listen:
+        metrics_site = Site(metrics_resource(parts.api.metrics), reactor=reactor)
+        for description in config.metrics_listen:
+            ListenService(reactor, description, metrics_site).setServiceParent(root)
     # twistd re-raises the signal that stopped it once the reactor is done, so a
     # SIGTERM'd gateway would die "killed by SIGTERM" even after a clean stop.
     # Our stop is bounded and complete (exit frames sent, shells ended, store

@@ -24,6 +24,7 @@ from cloudshell_fog.audit import rfc3339
 from cloudshell_fog.auth import Principal
 from cloudshell_fog.config import Policy, Profile
 from cloudshell_fog.errors import ApiError, not_found
+from cloudshell_fog.metrics import Metrics
 from cloudshell_fog.placement import NoCapacity, place
 from cloudshell_fog.policy import SessionRequest, admit
 from cloudshell_fog.runtime.interface import RuntimeUnavailable, TerminalSize
@@ -98,6 +99,7 @@ class SessionManager:
         max_sessions: int = 1000,
         creation_limit=None,
         flush_bytes: int = FLUSH_BYTES,
+        metrics=None,
     ):
         self.policy = policy
         self._inventory = inventory
@@ -111,6 +113,7 @@ class SessionManager:
         self._store = store if store is not None else SqliteSessionStore(":memory:")
         self._max_sessions = max_sessions
         self._flush_bytes = flush_bytes
+        self._metrics = metrics or Metrics()
         self._creation_limit = creation_limit  # TokenBuckets per subject, or None
         self._sessions: dict[str, Session] = {}
         self._ending: dict[str, Deferred] = {}
@@ -153,6 +156,20 @@ class SessionManager:
 
     async def create(self, principal: Principal, request: SessionRequest) -> tuple[Session, dict]:
         """Admit, place and start a session; return it and its attach grant."""
+        started = self._reactor.seconds()
+        try:
+            session, grant = await self._create(principal, request)
+        except ApiError as e:
+            self._metrics.created.labels(e.code if e.status != 403 else "policy_denied", e.rule_id or "").inc()
+            raise
+        self._metrics.created.labels("ok", "").inc()
+        self._metrics.start_seconds.observe(self._reactor.seconds() - started)
+        placement = session.placement
+        failover = any(r.startswith("failover:") for r in placement["reasons"])
+        self._metrics.placements.labels(placement["tier"], "true" if failover else "false").inc()
+        return session, grant
+
+    async def _create(self, principal: Principal, request: SessionRequest) -> tuple[Session, dict]:
         if self._creation_limit is not None:
             wait = self._creation_limit.take(principal.subject)
             if wait:
@@ -259,6 +276,7 @@ class SessionManager:
             on_input=lambda: self._touched(session),
             on_exit=lambda code: self._exited(session, code),
             flush_bytes=self._flush_bytes,
+            metrics=self._metrics,
         )
         if session.status == TERMINATED:  # the shell died before the hub was set
             return
@@ -344,6 +362,7 @@ class SessionManager:
             self._inventory.release(session.placement["node_id"])
         self._audit.emit(events.SESSION_TERMINATED, session.id, session.subject, session.placement,
                          reason=reason, exit_code=code)
+        self._metrics.ended.labels(reason).inc()
         if session.deleted or not self._retention:
             self._forget(session)
         else:

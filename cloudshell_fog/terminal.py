@@ -89,7 +89,9 @@ class TerminalHub:
         on_exit=lambda code: None,
         window: float = COALESCE_SECONDS,
         flush_bytes: int = FLUSH_BYTES,
+        metrics=None,
     ):
+        self._metrics = metrics
         self._stream, self._clock = stream, clock
         self._scrollback = bytearray()
         self._scrollback_limit = scrollback_bytes
@@ -136,6 +138,8 @@ class TerminalHub:
         data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
         self._pending, self._pending_len = [], 0
         self.offset += len(data)
+        if self._metrics is not None:
+            self._metrics.bytes_out += len(data)
         self._remember(data)
         if self._attachments:
             size = self._flush_bytes  # one read can be larger than a frame may be (SSH windows)
@@ -202,6 +206,8 @@ class TerminalHub:
         if self.exit_code is None and attachment in self._attachments:
             if not self._output_paused_by:
                 self._stream.pauseProducing()
+                if self._metrics is not None:
+                    self._metrics.pauses += 1
             self._output_paused_by.add(attachment)
 
     def resume_output(self, attachment) -> None:
@@ -215,6 +221,8 @@ class TerminalHub:
     def write(self, data: bytes) -> None:
         if self.exit_code is None:
             self._on_input()
+            if self._metrics is not None:
+                self._metrics.bytes_in += len(data)
             self._stream.write(data)
 
     def resize(self, cols: int, rows: int) -> None:

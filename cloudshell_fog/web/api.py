@@ -26,6 +26,7 @@ from cloudshell_fog.auth.attach import looks_like_attach_token
 from cloudshell_fog.config import Config
 from cloudshell_fog.errors import ApiError, not_found
 from cloudshell_fog.images import ImageRefError, parse_image_ref
+from cloudshell_fog.metrics import Metrics
 from cloudshell_fog.policy import SessionRequest, may_use
 from cloudshell_fog.web.pty import AttachFactory
 
@@ -217,6 +218,39 @@ class OpenApiRoute(Route):
         return 200, Document(OPENAPI_PATH.read_bytes(), b"application/yaml; charset=utf-8")
 
 
+class ReadyRoute(Route):
+    """GET /readyz: 200 when the store answers and a node is healthy; 503 naming what fails."""
+
+    protected = False
+    http_methods = ("GET",)
+
+    async def get(self, request, principal):
+        checks = {"store": "ok" if self.api.sessions.ping() else "the session store does not answer",
+                  "nodes": "ok" if any(s.healthy for s in self.api.nodes.states()) else "no node is healthy"}
+        ready = all(v == "ok" for v in checks.values())
+        return (200 if ready else 503), {"status": "ready" if ready else "not_ready", "checks": checks}
+
+
+class MetricsRoute:
+    """GET /metrics: Prometheus text, unless metrics have a listener of their own (METRICS_LISTEN_ADDR)."""
+
+    http_methods = ("GET",)
+    protected = False
+
+    @classmethod
+    def at(cls, parent, name, request):
+        if parent.api.config.metrics_listen or request.postpath:
+            return None
+        return metrics_resource(parent.api.metrics)
+
+
+def metrics_resource(metrics):
+    """prometheus_client's Twisted resource for our registry."""
+    from prometheus_client.twisted import MetricsResource
+
+    return MetricsResource(registry=metrics.registry)
+
+
 class PageRoute(Route):
     """GET /: the browser terminal (no authentication: the page asks for a token itself)."""
 
@@ -357,7 +391,8 @@ class PtyRoute:
 
 # ---------------------------------------------------------------- the route table
 
-Root.routes = {b"": PageRoute, b"healthz": Health, b"v1": V1, b"static": StaticRoute}
+Root.routes = {b"": PageRoute, b"healthz": Health, b"readyz": ReadyRoute, b"metrics": MetricsRoute,
+               b"v1": V1, b"static": StaticRoute}
 V1.routes = {b"openapi.yaml": OpenApiRoute, b"sessions": SessionsRoute, b"profiles": ProfilesRoute,
                b"nodes": NodesRoute}
 SessionsRoute.parameter = SessionRoute  # /v1/sessions/{session_id}
@@ -452,9 +487,10 @@ def parse_session_request(body: dict) -> SessionRequest:
 class Api:
     """What the routes share: configuration, the verifier, sessions, tokens."""
 
-    def __init__(self, config: Config, verifier, sessions, tokens, audit, ws_factory, nodes):
+    def __init__(self, config: Config, verifier, sessions, tokens, audit, ws_factory, nodes, metrics=None):
         self.config = config
         self.nodes = nodes
+        self.metrics = metrics or Metrics()
         self.verifier = verifier
         self.sessions = sessions
         self.tokens = tokens
@@ -470,6 +506,7 @@ class Api:
         if scheme.lower() != "bearer" or not token:
             raise ApiError(401, "invalid_token", "The Authorization header must be 'Bearer <token>'.")
         if looks_like_attach_token(token):
+            self.metrics.token_failures.labels("attach_token_not_accepted").inc()
             raise ApiError(
                 401,
                 "attach_token_not_accepted",
@@ -478,6 +515,7 @@ class Api:
         try:
             return await self.verifier.verify(token)
         except AuthError as e:
+            self.metrics.token_failures.labels(e.code).inc()
             raise ApiError(e.status, e.code, e.message,
                            headers={"Retry-After": str(e.retry_after)} if e.retry_after else None) from None
 
@@ -504,6 +542,12 @@ class Api:
         return origin == f"{scheme}://{authority.split('/', 1)[0]}".lower()
 
     def pty_resource(self, request, session_id: str | None):
+        resource = self._pty_resource(request, session_id)
+        result = resource.error.code if isinstance(resource, ErrorPage) else "ok"
+        self.metrics.attaches.labels(result).inc()
+        return resource
+
+    def _pty_resource(self, request, session_id: str | None):
         token = request.args.get(b"token", [b""])[0].decode("utf-8", "replace")
         try:
             grant = self.tokens.verify(token)
