@@ -20,7 +20,9 @@ setup(
         "pyjwt[crypto]>=2.10.1",  # iat checks; 2.10.0 matched issuers by substring
         "pyyaml",
         "treq",
+        "prometheus_client",
     ],
+    entry_points={"console_scripts": ["cloudshell = cloudshell_fog.client:main"]},
     extras_require={
         "test": [
             "pytest",
