@@ -132,6 +132,9 @@ class Config:
     http_idle_timeout: float = 60.0
     http_request_timeout: float = 15.0
     ws_ping_interval: float = 30.0  # 0: no pings
+    audit_max_bytes: int = 100 * 2**20  # rotate the audit log past this size; 0: never
+    audit_backups: int = 5
+    admin_groups: tuple[str, ...] = ("cloudshell-admins",)
     metrics_listen: tuple[str, ...] = ()  # a listener of their own for /metrics; () : on the API's
 
     @property
@@ -615,5 +618,8 @@ def load_config(
         http_idle_timeout=_env_float(env, "HTTP_IDLE_TIMEOUT", 60.0, 1.0, 86400.0),
         http_request_timeout=_env_float(env, "HTTP_REQUEST_TIMEOUT", 15.0, 1.0, 3600.0),
         ws_ping_interval=_env_float(env, "WS_PING_INTERVAL", 30.0, 0.0, 3600.0),
+        audit_max_bytes=_env_int(env, "AUDIT_LOG_MAX_BYTES", 100 * 2**20, 0, 2**40),
+        audit_backups=_env_int(env, "AUDIT_LOG_BACKUPS", 5, 0, 1000),
+        admin_groups=_env_list(env, "ADMIN_GROUPS") or ("cloudshell-admins",),
         metrics_listen=tuple(listen_endpoint(a, "METRICS_LISTEN_ADDR") for a in _env_list(env, "METRICS_LISTEN_ADDR")),
     )

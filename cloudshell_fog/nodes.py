@@ -27,6 +27,7 @@ class NodeState:
     healthy: bool = True  # until a probe says otherwise: allocation fails over anyway
     rtt_ms: float | None = None
     failures: int = 0
+    draining: bool = False  # removed from nodes.yaml by a reload: kept until its sessions end
 
     def view(self) -> NodeView:
         c = self.config
@@ -43,15 +44,44 @@ class NodeState:
 class NodeInventory:
     def __init__(self, states: list[NodeState]):
         self._states = {s.config.id: s for s in states}
+        self._retired: list = []  # connectors replaced by a reload, still owning some runtimes
 
     def states(self) -> list[NodeState]:
         return list(self._states.values())
 
     def views(self) -> list[NodeView]:
-        return [s.view() for s in self._states.values()]
+        """What placement may choose from: draining nodes take no new sessions."""
+        return [s.view() for s in self._states.values() if not s.draining]
 
     def connectors(self) -> list:
-        return [s.connector for s in self._states.values()]
+        return [s.connector for s in self._states.values()] + self._retired
+
+    def update(self, configs, make_connector) -> None:
+        """
+        Take a reloaded nodes.yaml: unchanged nodes keep their state; changed
+        ones get a new connector (running sessions keep the old one); removed
+        ones with running sessions drain, taking no new sessions, until empty.
+        """
+        states = {}
+        for config in configs:
+            old = self._states.get(config.id)
+            if old is not None and old.config == config:
+                old.draining = False
+                states[config.id] = old
+                continue
+            state = NodeState(config, make_connector(config))
+            if old is not None:
+                self._retired.append(old.connector)
+                state.sessions, state.healthy, state.rtt_ms = old.sessions, old.healthy, old.rtt_ms
+            states[config.id] = state
+        for node_id, old in self._states.items():
+            if node_id not in states:
+                if old.sessions:
+                    old.draining = True
+                    states[node_id] = old
+                else:
+                    self._retired.append(old.connector)
+        self._states = states
 
     def connector(self, node_id: str):
         return self._states[node_id].connector
@@ -65,10 +95,15 @@ class NodeInventory:
     def release(self, node_id: str) -> None:
         state = self._states[node_id]
         state.sessions = max(0, state.sessions - 1)
+        if state.draining and not state.sessions:
+            del self._states[node_id]
+            self._retired.append(state.connector)
 
     def probed(self, node_id: str, rtt_ms: float | None, failures_to_unhealthy: int, why: str = "") -> None:
         """Record a probe: C{rtt_ms} on success (None: not measured), else a failure saying C{why}."""
-        state = self._states[node_id]
+        state = self._states.get(node_id)
+        if state is None:
+            return  # removed by a reload meanwhile
         if why:
             state.failures += 1
             if state.healthy and state.failures >= failures_to_unhealthy:
@@ -94,8 +129,17 @@ class NodeProber(Service):
 
     def startService(self):
         super().startService()
-        for state in self._inventory.states():
-            self._schedule(state.config.id, 0)
+        self.sync()
+
+    def sync(self) -> None:
+        """Probe nodes that are new (after a reload); stop probing those that are gone."""
+        current = {state.config.id for state in self._inventory.states()}
+        for node_id in current - set(self._calls):
+            self._schedule(node_id, 0)
+        for node_id in set(self._calls) - current:
+            call = self._calls.pop(node_id)
+            if call.active():
+                call.cancel()
 
     def stopService(self):
         super().stopService()
@@ -105,7 +149,7 @@ class NodeProber(Service):
         self._calls.clear()
 
     def _schedule(self, node_id: str, delay: float) -> None:
-        if self.running:
+        if self.running and any(s.config.id == node_id for s in self._inventory.states()):
             self._calls[node_id] = self._clock.callLater(delay, self.probe, node_id)
 
     def probe(self, node_id: str):

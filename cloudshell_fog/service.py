@@ -24,7 +24,8 @@ from cloudshell_fog.audit import Audit
 from cloudshell_fog.auth.attach import AttachTokens
 from cloudshell_fog.auth.dev import DevVerifier
 from cloudshell_fog.auth.oidc import OidcVerifier
-from cloudshell_fog.config import Config, ConfigError, load_config
+from cloudshell_fog import audit as audit_events
+from cloudshell_fog.config import Config, ConfigError, _production_policy, load_config, load_nodes, load_policy
 from cloudshell_fog.limits import TokenBuckets
 from cloudshell_fog.metrics import Metrics
 from cloudshell_fog.nodes import NodeInventory, NodeProber, NodeState
@@ -70,6 +71,36 @@ class Options(usage.Options):
             raise SystemExit(2) from None
 
 
+class Reloader:
+    """
+    Reloads policy.yaml and nodes.yaml (SIGHUP, or POST /v1/admin/reload):
+    a bad file is refused with its one-line reason and the old configuration
+    stays in force; running sessions are unaffected either way.
+    """
+
+    def __init__(self, config: Config, sessions, inventory, prober, audit, make_connector):
+        self._config, self._sessions, self._inventory = config, sessions, inventory
+        self._prober, self._audit, self._make_connector = prober, audit, make_connector
+
+    def reload(self, who: str = "SIGHUP") -> tuple[bool, str]:
+        c = self._config
+        try:
+            policy = _production_policy(load_policy(c.policy_file), c.policy_file, c.mode)
+            nodes = load_nodes(c.nodes_file)
+        except ConfigError as e:
+            log.error("configuration reload refused, the old one stays in force: {why}", why=str(e))
+            self._audit.emit(audit_events.CONFIG_RELOAD_FAILED, subject=who, error=str(e))
+            return False, str(e)
+        self._sessions.policy = policy
+        self._inventory.update(nodes, self._make_connector)
+        self._prober.sync()
+        message = f"{len(policy.profiles)} profiles and {len(nodes)} nodes in force"
+        log.info("configuration reloaded: {message}", message=message)
+        self._audit.emit(audit_events.CONFIG_RELOADED, subject=who, policy_file=c.policy_file,
+                         nodes_file=c.nodes_file, profiles=sorted(policy.profiles), nodes=[n.id for n in nodes])
+        return True, message
+
+
 @dataclass
 class Parts:
     config: Config
@@ -80,6 +111,7 @@ class Parts:
     site: object
     verifier: object
     prober: NodeProber
+    reloader: Reloader
 
 
 def gateway_directories(config: Config) -> list[str]:
@@ -93,8 +125,7 @@ def make_isolation(config: Config) -> Isolation:
     """Detect what this host allows (accounts, cgroups, bubblewrap) once, at start."""
     rules = config.policy.accounts
     cgroups = detect_cgroups()
-    sandbox_problem = sandbox_works() if any(p.sandbox == "namespaces" for p in config.policy.profiles.values()) \
-        else "no profile asks for a sandbox"
+    sandbox_problem = sandbox_works()  # probed even when no profile asks: a reload may add one
     if cgroups is None:
         log.warn("resource limits are OFF: no writable cgroup (memory_mb, pids and cpu are not enforced)")
     else:
@@ -112,12 +143,16 @@ def build_parts(config: Config, reactor, clock=None, store=None, isolation=None)
     everything on the data path uses C{reactor}.
     """
     clock = clock or reactor
-    audit = Audit(reactor, config.audit_log)
+    audit = Audit(reactor, config.audit_log, config.audit_max_bytes, config.audit_backups)
     isolation = isolation or make_isolation(config)
     metrics = Metrics()
     connectors = {"local": lambda node: LocalPtyConnector(node, reactor, isolation=isolation),
                   "ssh": lambda node: SshConnector(node, reactor)}
-    inventory = NodeInventory([NodeState(node, connectors[node.connector](node)) for node in config.nodes])
+
+    def make_connector(node):
+        return connectors[node.connector](node)
+
+    inventory = NodeInventory([NodeState(node, make_connector(node)) for node in config.nodes])
     metrics.bind(inventory)
     prober = NodeProber(inventory, reactor, config.health_interval, config.health_failures)
     tokens = AttachTokens(config.session_token_secret, clock)
@@ -139,9 +174,10 @@ def build_parts(config: Config, reactor, clock=None, store=None, isolation=None)
     )
     verifier = OidcVerifier(config.oidc, clock) if config.oidc else DevVerifier(config.dev_groups)
     ws_factory = make_ws_factory(config.ws_max_message_bytes, config.ws_ping_interval)
-    api = Api(config, verifier, sessions, tokens, audit, ws_factory, inventory, metrics)
+    reloader = Reloader(config, sessions, inventory, prober, audit, make_connector)
+    api = Api(config, verifier, sessions, tokens, audit, ws_factory, inventory, metrics, reloader)
     site = make_site(Root(api), reactor, config.http_idle_timeout, config.http_request_timeout)
-    return Parts(config, audit, sessions, inventory, api, site, verifier, prober)
+    return Parts(config, audit, sessions, inventory, api, site, verifier, prober, reloader)
 
 
 class SessionsService(Service):
@@ -165,6 +201,7 @@ class SessionsService(Service):
 
     def startService(self):
         super().startService()
+        signal.signal(signal.SIGHUP, lambda *_: self._reactor.callFromThread(self._parts.reloader.reload))
         reconciled = self._parts.sessions.restore()
         if reconciled:
             log.info("{count} sessions were running when the gateway last stopped: now terminated "

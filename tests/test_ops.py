@@ -82,3 +82,76 @@ async def test_readiness_follows_the_store_and_the_nodes(gateway):
     for state in gateway.parts.inventory.states():
         state.healthy = True
     assert (await gateway.request("GET", "/readyz", token=None)).status == 200
+
+
+def test_audit_rotation_loses_no_line(tmp_path):
+    """A burst of events across several rotations: every line is somewhere, whole, in order."""
+    import json
+
+    from twisted.internet.task import Clock
+
+    from cloudshell_fog.audit import Audit
+
+    path = tmp_path / "audit.jsonl"
+    audit = Audit(Clock(), str(path), max_bytes=4096, backups=100)
+    audit.open()
+    for n in range(2000):
+        audit.emit("test.event", session_id=f"s{n}", subject="x", n=n)
+    audit.close()
+    files = sorted(tmp_path.glob("audit.jsonl*"), key=lambda p: -int(p.suffix[1:]) if p.suffix[1:].isdigit() else 0)
+    assert len(files) > 10
+    numbers = [json.loads(line)["details"]["n"] for f in files for line in f.read_text().splitlines()]
+    assert numbers == list(range(2000))
+    assert all(f.stat().st_size <= 4096 for f in files)
+
+
+@pytest_twisted.async_yield_fixture
+async def admin_gateway(tmp_path):
+    from support import Gateway
+
+    gw = Gateway(tmp_path, env={"DEV_GROUPS": "cloudshell-admins"})
+    gw.start()
+    try:
+        yield gw
+    finally:
+        await gw.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_reload_applies_good_files_and_keeps_the_old_on_bad_ones(admin_gateway):
+    """A reload takes a new profile and node; a broken file is refused with its reason; sessions survive."""
+    import yaml
+
+    from support import POLICY, WORK_ROOT, node
+
+    gw = admin_gateway
+    running = await gw.create()
+    ws = await gw.attach(running)
+    policy = {**POLICY, "profiles": {**POLICY["profiles"], "tiny": {"max_ttl_seconds": 60, "run_as": "cloudshell-test"}}}
+    open(gw.env["POLICY_FILE"], "w").write(yaml.safe_dump(policy))
+    nodes = [node("fog-local", "fog", work_root=WORK_ROOT), node("fog-new", "fog", work_root=WORK_ROOT)]
+    open(gw.env["NODES_FILE"], "w").write(yaml.safe_dump({"nodes": nodes}))  # cloud-local removed
+    done = await gw.request("POST", "/v1/admin/reload")
+    assert done.status == 200 and done.json["reloaded"] is True
+    assert "tiny" in [p["name"] for p in (await gw.request("GET", "/v1/profiles")).json["profiles"]]
+    assert {n["id"] for n in (await gw.request("GET", "/v1/nodes")).json["nodes"]} == {"fog-local", "fog-new"}
+    assert (await gw.create(profile="tiny", ttl_seconds=30, placement_hint="fog-new"))["placement"]["node_id"] \
+        == "fog-new"
+
+    open(gw.env["POLICY_FILE"], "w").write("profiles: [oops\n")
+    refused = await gw.request("POST", "/v1/admin/reload")
+    assert refused.status == 400 and refused.json["error"]["code"] == "config_invalid"
+    assert "is not valid YAML" in refused.json["error"]["message"]
+    assert "tiny" in [p["name"] for p in (await gw.request("GET", "/v1/profiles")).json["profiles"]]
+
+    await in_thread(ws.type, "echo survived-$((3+3))\n")
+    await in_thread(ws.read_until, b"survived-6")  # the session from before both reloads
+    events = [e["event"] for e in gw.audit_events()]
+    assert "config.reloaded" in events and "config.reload_failed" in events
+
+
+@pytest_twisted.ensureDeferred
+async def test_reload_needs_an_admin(gateway):
+    """Without an admin group, POST /v1/admin/reload is 403 with rule admin.groups."""
+    response = await gateway.request("POST", "/v1/admin/reload")
+    assert (response.status, response.json["error"]["rule_id"]) == (403, "admin.groups")

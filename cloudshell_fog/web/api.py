@@ -294,6 +294,26 @@ class V1(Route):
     pass
 
 
+class AdminRoute(Route):
+    pass
+
+
+class ReloadRoute(Route):
+    """POST /v1/admin/reload: reload policy.yaml and nodes.yaml (members of ADMIN_GROUPS only)."""
+
+    http_methods = ("POST",)
+
+    async def post(self, request, principal):
+        if not principal.groups & set(self.api.config.admin_groups):
+            raise ApiError(403, "policy_denied", "Reloading the configuration is for administrators "
+                                                 f"(groups: {', '.join(self.api.config.admin_groups)}).",
+                           rule_id="admin.groups")
+        ok, message = self.api.reloader.reload(who=principal.subject)
+        if not ok:
+            raise ApiError(400, "config_invalid", f"The new configuration was refused, the old one stays: {message}")
+        return 200, {"reloaded": True, "message": message}
+
+
 class ProfilesRoute(Route):
     http_methods = ("GET",)
 
@@ -394,7 +414,8 @@ class PtyRoute:
 Root.routes = {b"": PageRoute, b"healthz": Health, b"readyz": ReadyRoute, b"metrics": MetricsRoute,
                b"v1": V1, b"static": StaticRoute}
 V1.routes = {b"openapi.yaml": OpenApiRoute, b"sessions": SessionsRoute, b"profiles": ProfilesRoute,
-               b"nodes": NodesRoute}
+               b"nodes": NodesRoute, b"admin": AdminRoute}
+AdminRoute.routes = {b"reload": ReloadRoute}
 SessionsRoute.parameter = SessionRoute  # /v1/sessions/{session_id}
 SessionRoute.routes = {b"attach": AttachRoute, b"pty": PtyRoute}
 
@@ -487,8 +508,10 @@ def parse_session_request(body: dict) -> SessionRequest:
 class Api:
     """What the routes share: configuration, the verifier, sessions, tokens."""
 
-    def __init__(self, config: Config, verifier, sessions, tokens, audit, ws_factory, nodes, metrics=None):
+    def __init__(self, config: Config, verifier, sessions, tokens, audit, ws_factory, nodes, metrics=None,
+                 reloader=None):
         self.config = config
+        self.reloader = reloader
         self.nodes = nodes
         self.metrics = metrics or Metrics()
         self.verifier = verifier
