@@ -32,6 +32,7 @@ setup(
             "pytest-timeout",
             "wheel",  # the packaging test builds a wheel offline
             "schemathesis",
+            "pexpect",
         ],
     },
 )

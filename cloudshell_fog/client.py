@@ -45,6 +45,7 @@ CLOSE_TIMEOUT = 2.0  # how long to wait for the gateway's close frame
 STDIN_CHUNK = 4096  # a stdin frame stays far below WS_MAX_MESSAGE_BYTES (64 KiB)
 MAX_MESSAGE = 16 * 1024 * 1024  # refuse a longer message from the gateway
 MAX_PENDING_OUTPUT = 1024 * 1024  # stop reading stdin while this much is unsent
+EOF_QUIET = 0.5  # after piped input ends: Ctrl-D once the shell has been quiet this long
 ESCAPE = 0x7E  # "~"
 
 
@@ -59,7 +60,7 @@ class UsageError(ClientError):
 
 
 class Signalled(BaseException):
-    """Raised by the SIGTERM/SIGHUP handler while attached, so every C{finally} runs."""
+    """Raised by the SIGTERM/SIGHUP/SIGINT handler while attached, so every C{finally} runs."""
 
     def __init__(self, signum: int):
         super().__init__(signum)
@@ -187,8 +188,12 @@ def _path_id(session_id: str) -> str:
 def _describe(error: BaseException) -> str:
     if isinstance(error, socket.timeout):
         return "timed out"
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return f"its TLS certificate was not accepted ({error.verify_message or error.reason})"
     if isinstance(error, ssl.SSLError):
-        return error.reason or str(error)
+        if error.reason == "WRONG_VERSION_NUMBER":
+            return "it does not answer TLS there (an http:// URL, perhaps?)"
+        return f"TLS failed ({error.reason or error})"
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
     return str(error) or type(error).__name__
@@ -557,6 +562,7 @@ class Attachment:
         self.exit_code: int | None = None
         self.size: tuple[int, int] | None = None
         self.winch = False
+        self.last_activity = time.monotonic()  # last output received or end-of-file sent
 
     def run(self) -> int:
         """Attach; return the exit status for the process."""
@@ -577,8 +583,9 @@ class Attachment:
             raise Signalled(signum)
 
         try:
+            # SIGINT comes only from kill(1) while the terminal is raw (Ctrl-C is sent to the shell).
             for signum, handler in ((signal.SIGWINCH, on_winch), (signal.SIGTERM, on_stop),
-                                    (signal.SIGHUP, on_stop)):
+                                    (signal.SIGHUP, on_stop), (signal.SIGINT, on_stop)):
                 previous[signum] = signal.signal(signum, handler)
             if self.interactive:
                 saved = termios.tcgetattr(self.stdin_fd)
@@ -663,6 +670,8 @@ class Attachment:
                     timeout = 0
                 elif closing_until is not None:
                     timeout = max(0.0, closing_until - time.monotonic())
+                elif not stdin_open and not self.interactive:
+                    timeout = max(0.0, self.last_activity + EOF_QUIET - time.monotonic())
                 events = selector.select(timeout)
                 ready = {key.fd for key, mask in events if mask & selectors.EVENT_READ}
                 writable = any(mask & selectors.EVENT_WRITE for _, mask in events)
@@ -703,6 +712,9 @@ class Attachment:
                         result = outcome
                         ws.send_close(1000, "detached")
                         closing_until = time.monotonic() + CLOSE_TIMEOUT
+                if (not stdin_open and not self.interactive and closing_until is None
+                        and time.monotonic() >= self.last_activity + EOF_QUIET):
+                    self._send_eof()
                 if writable or ws.wants_write():
                     ws.flush()
                 if closing_until is not None and time.monotonic() >= closing_until:
@@ -727,6 +739,7 @@ class Attachment:
                 data = base64.b64decode(frame.get("data_b64", ""), validate=True)
             except (ValueError, TypeError):
                 return None
+            self.last_activity = time.monotonic()
             try:
                 write_all(self.stdout_fd, data)
             except BrokenPipeError:
@@ -751,8 +764,7 @@ class Attachment:
             self._send_size()  # a resize comes before the input typed after it
         if not data:
             if not self.interactive:
-                # Like closing a terminal's input: an end-of-file character for the shell.
-                self._send_stdin(b"\x04")
+                self.last_activity = time.monotonic()  # the first Ctrl-D once the shell is quiet
             return "eof"
         if self.interactive:
             data, action = self.escapes.feed(data)
@@ -765,6 +777,17 @@ class Attachment:
         self._send_stdin(data)
         return None
 
+    def _send_eof(self) -> None:
+        """
+        Piped input has ended: type an end-of-file character (Ctrl-D), as at
+        a terminal, so a shell at its prompt exits.  It is sent only once the
+        shell has been quiet, and again after each quiet spell: one typed
+        while a command runs can be lost when the shell's line editor takes
+        the terminal back.
+        """
+        self.last_activity = time.monotonic()
+        self._send_stdin(b"\x04")
+
     def _send_stdin(self, data: bytes) -> None:
         if data:
             self.ws.send_json({"type": "stdin", "data_b64": base64.b64encode(data).decode("ascii")})
@@ -772,8 +795,7 @@ class Attachment:
 
 def attach(attach_grant: dict, session_id: str) -> int:
     ws = WebSocket.connect(attach_grant["ws_url"], attach_grant["token"])
-    code = Attachment(ws, session_id).run()
-    return 1 if code is None else code
+    return Attachment(ws, session_id).run()
 
 
 # ---------------------------------------------------------------- commands
