@@ -2,6 +2,8 @@
 
 import sqlite3
 
+import pytest
+
 import pytest_twisted
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -155,3 +157,23 @@ async def test_reload_needs_an_admin(gateway):
     """Without an admin group, POST /v1/admin/reload is 403 with rule admin.groups."""
     response = await gateway.request("POST", "/v1/admin/reload")
     assert (response.status, response.json["error"]["rule_id"]) == (403, "admin.groups")
+
+
+def test_log_format_json_writes_one_object_per_line():
+    """LOG_FORMAT=json gives JSON lines with the event's fields; text stays text; anything else is refused."""
+    import io
+    import json
+
+    from twisted.logger import Logger, LogPublisher
+
+    from cloudshell_fog.logs import observer
+
+    out = io.StringIO()
+    publisher = LogPublisher(observer(out, {"LOG_FORMAT": "json"}))
+    Logger(observer=publisher).info("placed on {node_id}", node_id="fog-1", event="placement.decided")
+    record = json.loads(out.getvalue().strip())
+    assert record["node_id"] == "fog-1" and record["log_format"] == "placed on {node_id}"
+    text = io.StringIO()
+    LogPublisher(observer(text, {}))  # default: text
+    with pytest.raises(SystemExit):
+        observer(io.StringIO(), {"LOG_FORMAT": "xml"})
