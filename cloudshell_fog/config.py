@@ -359,7 +359,8 @@ def _ssh_settings(path: str, prefix: str, body) -> SshSettings:
     r = _Reader(path, prefix, body, _SSH_KEYS)
     key_file = r.str("key_file")
     try:
-        keys.Key.fromFile(key_file)
+        if keys.Key.fromFile(key_file).isPublic():
+            r.fail("key_file", f"{key_file} is a public key; give the gateway's private key (the .pub goes on the node)")
     except FileNotFoundError:
         r.fail("key_file", f"{key_file} does not exist")
     except OSError as e:

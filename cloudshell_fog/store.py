@@ -77,15 +77,20 @@ class SqliteSessionStore:
                 os.makedirs(directory, mode=0o700, exist_ok=True)
             except OSError as e:
                 raise StoreError(f"cannot create {directory}: {e.strerror}") from None
+        old_umask = os.umask(0o077)  # the database, its -wal and -shm files: the gateway's alone
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._migrate()
+            if path != ":memory:":
+                os.chmod(path, 0o600)
         except sqlite3.Error as e:
             raise StoreError(f"cannot open {path}: {e}") from None
-        if path != ":memory:":
-            os.chmod(path, 0o600)
+        except OSError as e:
+            raise StoreError(f"cannot use {path}: {e.strerror}") from None
+        finally:
+            os.umask(old_umask)
 
     def _migrate(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]

@@ -27,6 +27,7 @@ from twisted.conch.error import ConchError
 from twisted.conch.ssh import channel, common, connection, keys, session, transport, userauth
 from twisted.internet import protocol
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.defer import TimeoutError as DeferredTimeoutError
 from twisted.internet.error import TimeoutError as TxTimeoutError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -50,11 +51,20 @@ class SshFailure(Exception):
 # ---------------------------------------------------------------- the client stack
 
 
+_HOST_KEY_ALGORITHMS = {
+    b"ssh-rsa": [b"rsa-sha2-512", b"rsa-sha2-256", b"ssh-rsa"],
+}
+
+
 class _Transport(transport.SSHClientTransport):
     def connectionMade(self):
         # Keystrokes are tiny packets: Nagle with delayed ACKs would add ~40 ms to each echo.
         if hasattr(self.transport, "setTcpNoDelay"):
             self.transport.setTcpNoDelay(True)
+        # Ask only for the type of host key we were given: a node with several host keys would
+        # otherwise offer its preferred one (ECDSA, say) and fail the check against an Ed25519 key.
+        key_type = self.factory.host_key_type
+        self.supportedPublicKeys = _HOST_KEY_ALGORITHMS.get(key_type, [key_type])
         super().connectionMade()
 
     def verifyHostKey(self, hostKey, fingerprint):
@@ -130,9 +140,10 @@ class _Connection(connection.SSHConnection):
 class _ClientFactory(protocol.ClientFactory):
     protocol = _Transport
 
-    def __init__(self, node_id, user, host_key_blob, private_key):
+    def __init__(self, node_id, user, host_key, private_key):
         self.node_id, self.user = node_id, user
-        self.host_key_blob, self.private_key = host_key_blob, private_key
+        self.host_key_blob, self.host_key_type = host_key.blob(), host_key.sshType()
+        self.private_key = private_key
         self.failure: SshFailure | None = None
         self.connected: Deferred = Deferred()
         self.on_lost = lambda reason: None
@@ -324,7 +335,7 @@ class SshConnector:
         self._factory = None
         self._streams: set[SshPtyStream] = set()
         self._private_key = keys.Key.fromFile(self._ssh.key_file)
-        self._host_key_blob = keys.Key.fromString(self._ssh.host_key.encode()).blob()
+        self._host_key = keys.Key.fromString(self._ssh.host_key.encode())
 
     # -- the shared connection
 
@@ -339,7 +350,7 @@ class SshConnector:
         return waiter
 
     def _connect(self) -> None:
-        factory = _ClientFactory(self.node_id, self._ssh.user.encode(), self._host_key_blob, self._private_key)
+        factory = _ClientFactory(self.node_id, self._ssh.user.encode(), self._host_key, self._private_key)
         factory.on_lost = lambda reason: self._lost(factory)
         self._factory = factory
         tcp = self._reactor.connectTCP(self._ssh.host, self._ssh.port, factory,
@@ -357,7 +368,7 @@ class SshConnector:
                 error = result.value
             elif factory.failure is not None:
                 error = factory.failure
-            elif result.check(TxTimeoutError, CancelledError):
+            elif result.check(DeferredTimeoutError, TxTimeoutError, CancelledError):
                 error = SshFailure("timed-out", f"node {self.node_id} did not complete the SSH handshake in "
                                                 f"{self._ssh.connect_timeout:g} s")
             else:

@@ -41,6 +41,10 @@ def header(request, name: bytes) -> str | None:
     return value.decode("latin-1") if value is not None else None
 
 
+# Statuses Twisted has no phrase for ("429 Unknown Status" otherwise).
+REASON_PHRASES = {429: b"Too Many Requests", 431: b"Request Header Fields Too Large"}
+
+
 class Document:
     """A handler's non-JSON answer: bytes and their media type."""
 
@@ -51,7 +55,7 @@ class Document:
 def write_document(request, status: int, document: Document, headers: dict[str, str] | None = None) -> None:
     if request.finished or request._disconnected:
         return
-    request.setResponseCode(status)
+    request.setResponseCode(status, REASON_PHRASES.get(status))
     request.setHeader(b"content-type", document.media_type)
     request.setHeader(b"content-length", str(len(document.content)).encode())
     for name, value in (headers or {}).items():

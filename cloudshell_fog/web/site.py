@@ -10,7 +10,7 @@ import json
 from twisted.web import http
 from twisted.web.server import Request, Site
 
-from cloudshell_fog.web.api import MAX_BODY_BYTES, header, requires_bearer
+from cloudshell_fog.web.api import MAX_BODY_BYTES, REASON_PHRASES, header, requires_bearer
 
 
 def access_log_line(timestamp, request) -> str:
@@ -70,13 +70,10 @@ class GatewayRequest(Request):
         _raw_error(self.channel.transport, status, code, message, extra)
 
 
-_PHRASES = {431: b"Request Header Fields Too Large"}  # not in twisted.web.http.RESPONSES
-
-
 def _raw_error(transport, status: int, code: str, message: str, extra=()) -> None:
     """Answer with our JSON error body on a bare transport, then close it."""
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
-    phrase = http.RESPONSES.get(status) or _PHRASES[status]
+    phrase = http.RESPONSES.get(status) or REASON_PHRASES[status]
     head = [b"HTTP/1.1 %d %s" % (status, phrase), b"Content-Type: application/json",
             b"Cache-Control: no-store", b"Content-Length: %d" % len(body), b"Connection: close", *extra]
     transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
