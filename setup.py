@@ -33,6 +33,7 @@ setup(
             "wheel",  # the packaging test builds a wheel offline
             "schemathesis",
             "pexpect",
+            "playwright",  # drives Debian's /usr/bin/chromium; no browser download
         ],
     },
 )

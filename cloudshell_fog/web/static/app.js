@@ -130,6 +130,7 @@
     scrollback: 5000,
     fontFamily: '"DejaVu Sans Mono", "Liberation Mono", ui-monospace, Menlo, Consolas, monospace',
     fontSize: 14,
+    lineHeight: 1.2,  // at 1.0 the DOM renderer clips underscores of some fonts
     disableStdin: true,
     theme: {
       background: "#0d1117", foreground: "#c9d1d9", cursor: "#58a6ff", cursorAccent: "#0d1117",
@@ -160,9 +161,9 @@
   // so a runaway command never freezes the tab or exhausts its memory.
 
   var out = {
-    queue: [], queued: 0, inFlight: 0, throttled: false, scheduled: false, skipped: 0,
+    queue: [], queued: 0, inFlight: 0, throttled: false, scheduled: false, frame: null, timer: null, skipped: 0,
   };
-  var stats = { received: 0, written: 0, dropped: 0, maxQueued: 0, maxInFlight: 0, frames: 0 };
+  var stats = { received: 0, written: 0, dropped: 0, notices: 0, maxQueued: 0, maxInFlight: 0, frames: 0 };
   var generation = 0;  // bumped on every (re)attach: late callbacks of an older one are ignored
 
   function enqueueOutput(bytes) {
@@ -172,6 +173,14 @@
     out.queued += bytes.length;
     if (out.queued > MAX_QUEUED) dropOldest();
     if (out.queued > stats.maxQueued) stats.maxQueued = out.queued;
+    schedulePump();
+  }
+
+  // Text of the page's own (a notice), written in order after the output already queued.
+  function writeLocal(text) {
+    var bytes = encoder.encode(text);
+    out.queue.push(bytes);
+    out.queued += bytes.length;
     schedulePump();
   }
 
@@ -189,12 +198,23 @@
     if (out.scheduled || out.throttled || !out.queue.length) return;
     out.scheduled = true;
     // Animation frames do not run in a hidden tab; a timer still does (slowly).
-    if (document.hidden) setTimeout(pump, 0);
-    else requestAnimationFrame(pump);
+    if (document.hidden) out.timer = setTimeout(pump, 0);
+    else out.frame = requestAnimationFrame(pump);
+  }
+
+  // A frame asked for just before the tab was hidden would not come until it is shown again.
+  function visibilityChanged() {
+    if (out.scheduled && document.hidden && out.frame !== null) {
+      cancelAnimationFrame(out.frame);
+      out.frame = null;
+      out.scheduled = false;
+    }
+    schedulePump();
   }
 
   function pump() {
     out.scheduled = false;
+    out.frame = out.timer = null;
     if (out.throttled || !out.queue.length) return;
     var budget = Math.max(HIGH_WATER - out.inFlight, 16 * 1024);
     var parts = [];
@@ -205,6 +225,7 @@
       parts.push(notice);
       size += notice.length;
       out.skipped = 0;
+      stats.notices += 1;
     }
     while (out.queue.length && size < budget) {
       var chunk = out.queue[0];
@@ -278,7 +299,9 @@
   var socket = null;
   var exited = false;
   var terminating = false;
+  var busy = false;     // a create, reconnect or terminate is under way
   var lastSize = null;
+  var attachments = 0;  // WebSockets opened by this page (for tests)
 
   function updateButtons(nowBusy) {
     busy = !!nowBusy;
@@ -326,6 +349,7 @@
     ws.onopen = function () {
       if (gen !== generation) return;
       opened = true;
+      attachments += 1;
       term.options.disableStdin = false;
       setStatus("Connected to session " + id.slice(0, 8) + ".", "ok");
       fitTerminal();
@@ -386,6 +410,7 @@
     if (terminating) text = "Session terminated; the shell exited with code " + code + ".";
     else if (reason && reason !== "exited") text = "Session ended (" + reason + "); the shell exited with code " + code + ".";
     setStatus(text, terminating ? "" : (code === 0 ? "ok" : "error"));
+    writeLocal("\r\n\x1b[0;2m[" + text.replace(/\.$/, "").toLowerCase() + "]\x1b[0m\x1b[?25l");
     updateButtons();
   }
 
@@ -437,22 +462,21 @@
 
   window.addEventListener("resize", scheduleFit);
   if (typeof ResizeObserver === "function") new ResizeObserver(scheduleFit).observe(ui.terminal);
-  document.addEventListener("visibilitychange", schedulePump);
+  document.addEventListener("visibilitychange", visibilityChanged);
   fitTerminal();
 
   // ------------------------------------------------------------------ profiles, create, reconnect, terminate
 
   var profiles = null;  // name -> profile, once loaded
   var profilesLoading = null;  // the load under way, shared by whoever needs the profiles
-  var busy = false;  // a create, reconnect or terminate is under way
 
   function ensureProfiles() {
     if (profiles) return Promise.resolve(Object.keys(profiles).length);
     if (!profilesLoading) {
       var loading = loadProfiles();
+      var settled = function () { if (profilesLoading === loading) profilesLoading = null; };
       profilesLoading = loading;
-      loading.then(done, done);
-      function done() { if (profilesLoading === loading) profilesLoading = null; }
+      loading.then(settled, settled);
     }
     return profilesLoading;
   }
@@ -587,8 +611,11 @@
     get sessionId() { return session ? session.id : null; },
     get connected() { return !!socket && socket.readyState === WebSocket.OPEN; },
     get exited() { return exited; },
+    get attachments() { return attachments; },
     get queued() { return out.queued; },
     get inFlight() { return out.inFlight; },
+    // Feed bytes into the output path as if the gateway had sent them (tests of the flow control).
+    receive: function (bytes) { enqueueOutput(bytes); },
     text: function () {
       var buffer = term.buffer.active;
       var lines = [];
