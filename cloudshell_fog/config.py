@@ -89,6 +89,7 @@ class SshSettings:
     key_file: str  # the gateway's private key for this node
     host_key: str  # the node's public host key, "type base64"
     connect_timeout: float
+    max_sessions_per_connection: int = 10  # OpenSSH's MaxSessions default
 
 
 @dataclass(frozen=True)
@@ -350,7 +351,7 @@ def load_policy(path: str) -> Policy:
 # ---------------------------------------------------------------- nodes.yaml
 
 _NODE_KEYS = ("id", "region", "tier", "connector", "capacity", "shell", "work_root", "env", "ssh")
-_SSH_KEYS = ("host", "port", "user", "key_file", "host_key", "connect_timeout")
+_SSH_KEYS = ("host", "port", "user", "key_file", "host_key", "connect_timeout", "max_sessions_per_connection")
 
 
 def _ssh_settings(path: str, prefix: str, body) -> SshSettings:
@@ -381,6 +382,7 @@ def _ssh_settings(path: str, prefix: str, body) -> SshSettings:
         key_file=key_file,
         host_key=host_key,
         connect_timeout=r.number("connect_timeout", 5.0),
+        max_sessions_per_connection=r.int("max_sessions_per_connection", 10, minimum=1, maximum=10000),
     )
 
 

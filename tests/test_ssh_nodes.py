@@ -230,3 +230,21 @@ async def test_slow_client_pauses_the_remote_shell(tmp_path, fleet):
         await gw.request("DELETE", f"/v1/sessions/{created['session_id']}")
     finally:
         await gw.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_more_sessions_than_one_connection_carries(tmp_path, fleet):
+    """Beyond max_sessions_per_connection (sshd's MaxSessions), sessions go over a second connection."""
+    nodes = entries(fleet)
+    nodes[0]["ssh"]["max_sessions_per_connection"] = 2
+    gw = await start_gateway(tmp_path, [nodes[0]])
+    try:
+        created = [await gw.create(token=f"many-{i}") for i in range(3)]
+        connector = gw.parts.inventory.connector("fog-a")
+        assert sorted(connector._channels.values()) == [1, 2]
+        for i, c in enumerate(created):
+            ws = await gw.attach(c)
+            await in_thread(ws.type, f"echo conn-{i}-$((1+1))\n")
+            await in_thread(ws.read_until, f"conn-{i}-2".encode())
+    finally:
+        await gw.stop()

@@ -322,7 +322,12 @@ class SshPtyStream(channel.SSHChannel):
 
 @implementer(IRuntimeConnector)
 class SshConnector:
-    """Starts shells on one remote node, over one shared SSH connection."""
+    """
+    Starts shells on one remote node over shared SSH connections: a channel
+    per session, at most C{max_sessions_per_connection} channels on one
+    connection (OpenSSH's MaxSessions, 10 by default), more connections
+    when those are full.
+    """
 
     def __init__(self, node, reactor, clock=None):
         self.node_id = node.id
@@ -331,18 +336,22 @@ class SshConnector:
         self._reactor = reactor
         self._clock = clock or reactor
         self._waiters: list[Deferred] = []
-        self._conn = None
-        self._factory = None
+        self._conns: dict = {}  # live connection -> its factory
+        self._channels: dict = {}  # live connection -> open session channels on it
         self._streams: set[SshPtyStream] = set()
         self._private_key = keys.Key.fromFile(self._ssh.key_file)
         self._host_key = keys.Key.fromString(self._ssh.host_key.encode())
 
-    # -- the shared connection
+    # -- the shared connections
 
-    def connection(self) -> Deferred:
-        """The node's live SSH connection, established when there is none."""
-        if self._conn is not None:
-            return succeed(self._conn)
+    def connection(self, spare: bool = False) -> Deferred:
+        """
+        A live SSH connection to the node, established when there is none
+        (with C{spare}: one with room for another session channel).
+        """
+        for conn in self._conns:
+            if not spare or self._channels[conn] < self._ssh.max_sessions_per_connection:
+                return succeed(conn)
         waiter = Deferred()
         self._waiters.append(waiter)
         if len(self._waiters) == 1:
@@ -351,8 +360,6 @@ class SshConnector:
 
     def _connect(self) -> None:
         factory = _ClientFactory(self.node_id, self._ssh.user.encode(), self._host_key, self._private_key)
-        factory.on_lost = lambda reason: self._lost(factory)
-        self._factory = factory
         tcp = self._reactor.connectTCP(self._ssh.host, self._ssh.port, factory,
                                        timeout=max(1, int(self._ssh.connect_timeout)))
         d = factory.connected.addTimeout(self._ssh.connect_timeout, self._clock)
@@ -376,47 +383,55 @@ class SshConnector:
             for waiter in waiters:
                 waiter.errback(error)
             return
-        self._conn = result
+        self._conns[result] = factory
+        self._channels[result] = 0
+        factory.on_lost = lambda reason: self._lost(result)
         for waiter in waiters:
             waiter.callback(result)
 
-    def _lost(self, factory):
-        if factory is self._factory:
-            self._conn = None
-            self._factory = None
-            _log.warn("lost the SSH connection to node {node_id}", node_id=self.node_id)
+    def _lost(self, conn):
+        if self._conns.pop(conn, None) is not None:
+            self._channels.pop(conn, None)
+            _log.warn("lost an SSH connection to node {node_id}", node_id=self.node_id)
 
     def drop(self):
-        """Abort the shared connection (it stopped answering): its sessions end as node-lost."""
-        if self._factory is not None:
-            self._factory.abort()
+        """Abort every connection (the node stopped answering): their sessions end as node-lost."""
+        for factory in list(self._conns.values()):
+            factory.abort()
 
     # -- IRuntimeConnector
 
     async def _allocate(self, session_id, size):
         try:
-            conn = await self.connection()
+            conn = await self.connection(spare=True)
         except SshFailure as e:
             raise RuntimeUnavailable(e.why, e.message) from None
         command = " ".join(self._node.shell).encode() if self._node.shell else None
         stream = SshPtyStream(conn, size, command, self._clock)
+        self._channels[conn] += 1
         conn.openChannel(stream)
         try:
             await stream.opened.addTimeout(self._ssh.connect_timeout, self._clock)
-        except SshFailure as e:
-            raise RuntimeUnavailable(e.why, f"node {self.node_id}: {e.message}") from None
-        except Exception:
+        except Exception as e:
+            self._closed(stream, conn)
+            if isinstance(e, SshFailure):
+                raise RuntimeUnavailable(e.why, f"node {self.node_id}: {e.message}") from None
             stream.loseConnection()
             raise RuntimeUnavailable("timed-out", f"node {self.node_id} did not start a shell in time") from None
         self._streams.add(stream)
-        stream.on_closed = self._streams.discard
+        stream.on_closed = lambda s: self._closed(s, conn)
         return stream
+
+    def _closed(self, stream, conn) -> None:
+        self._streams.discard(stream)
+        if conn in self._channels:
+            self._channels[conn] = max(0, self._channels[conn] - 1)
 
     def allocate(self, session_id, profile, image_ref, size: TerminalSize = TerminalSize(), subject=None):
         return Deferred.fromCoroutine(self._allocate(session_id, size))
 
     async def _probe(self) -> float:
-        fresh = self._conn is None
+        fresh = not self._conns
         conn = await self.connection()
         if fresh:
             await self._round_trip(conn)  # the first exchange after the handshake is slow (~40 ms): skip it
