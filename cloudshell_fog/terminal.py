@@ -3,10 +3,11 @@ The terminal hub: one per session, between its PTY stream and the clients
 attached to it.
 
 Output path (STACK-NOTES section 5): the PTY is read eagerly; bytes are
-coalesced into frames with a leading edge (a read that arrives when nothing
-was sent for C{window} seconds goes out at once, so keystrokes stay instant;
-under load, reads are batched until the window passes or C{flush_bytes}
-accumulate).  Each frame is encoded once and sent to every attachment.  What
+coalesced into frames.  A read goes out at once when it answers input (the
+echo of a keystroke, even typed back-to-back) or when nothing was sent for
+C{window} seconds (the leading edge); otherwise, under a stream of output
+nobody typed for, reads are batched until the window passes or
+C{flush_bytes} accumulate.  Each frame is encoded once and sent to every attachment.  What
 was sent is kept in a bounded scrollback that a new attachment receives first.
 
 Flow control both ways:
@@ -105,6 +106,7 @@ class TerminalHub:
         self._attachments: list = []
         self._output_paused_by: set = set()
         self._input_paused = False
+        self._answering = False  # input arrived since the last frame: send the next output at once
         self.exit_code: int | None = None
         stream.registerInputProducer(_InputGate(self))
         stream.setConsumer(self)
@@ -118,7 +120,10 @@ class TerminalHub:
     def outputReceived(self, data: bytes) -> None:
         self._pending.append(data)
         self._pending_len += len(data)
-        if self._pending_len >= self._flush_bytes:
+        if self._answering or self._pending_len >= self._flush_bytes:
+            # Output after input is the answer to it (an echo, a prompt): it goes out at once,
+            # however recently the last frame went.  Only output nobody typed for is batched.
+            self._answering = False
             self._flush()
         elif self._flush_call is None:
             wait = self._last_flush + self._window - self._clock.seconds()
@@ -220,6 +225,7 @@ class TerminalHub:
 
     def write(self, data: bytes) -> None:
         if self.exit_code is None:
+            self._answering = True
             self._on_input()
             if self._metrics is not None:
                 self._metrics.bytes_in += len(data)

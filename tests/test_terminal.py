@@ -210,3 +210,20 @@ def test_frames_always_fit_the_message_limit():
     stream.consumer.outputReceived(b"y" * 5000)
     clock.advance(1)
     assert all(len(f) <= 1024 for f in a.frames) and a.data == b"x" + b"y" * 5000
+
+
+def test_output_answering_input_goes_out_at_once_even_back_to_back():
+    """Back-to-back keystrokes: each echo is sent without waiting for the window; bulk output still batches."""
+    clock, stream, hub = make()
+    a = FakeAttachment()
+    hub.attach(a)
+    for key in (b"a", b"b", b"c"):
+        hub.write(key)
+        stream.consumer.outputReceived(key)  # the echo, within the same millisecond
+        assert a.data.endswith(key)
+    frames = len(a.frames)
+    for chunk in (b"x" * 100, b"y" * 100, b"z" * 100):  # output nobody typed for
+        stream.consumer.outputReceived(chunk)
+    assert len(a.frames) == frames  # batched
+    clock.advance(COALESCE_SECONDS)
+    assert a.data.endswith(b"x" * 100 + b"y" * 100 + b"z" * 100) and len(a.frames) == frames + 1
