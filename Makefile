@@ -11,7 +11,8 @@ EDITABLE    := --config-settings editable_mode=compat
 # Debian packages the tests need, as "command:package" pairs; installed when missing.
 SYSTEM_DEPS := bash:bash ps:procps pgrep:procps setsid:util-linux setpriv:util-linux useradd:passwd \
   ip:iproute2 ssh-keygen:openssh-client /usr/sbin/sshd:openssh-server bwrap:bubblewrap \
-  /usr/bin/python3:python3 /usr/bin/chromium:chromium /usr/bin/chromedriver:chromium-driver
+  /usr/bin/python3:python3 /usr/bin/chromium:chromium /usr/bin/chromedriver:chromium-driver \
+  podman:podman runc:runc busybox:busybox-static tar:tar
 
 .PHONY: run test soak system-deps clean
 

@@ -28,7 +28,7 @@ DEVELOPMENT = "development"
 PRODUCTION = "production"
 
 TIERS = ("fog", "cloud")
-CONNECTORS = ("local", "ssh")
+CONNECTORS = ("local", "ssh", "container")
 # Patterns are used with fullmatch: "$" would also match before a trailing newline.
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _NAME_RE = _ID_RE
@@ -93,6 +93,12 @@ class SshSettings:
 
 
 @dataclass(frozen=True)
+class ContainerSettings:
+    runtime: str  # the OCI runtime podman uses (runc on cgroup v1/v2 hybrid hosts)
+    pull_timeout: float  # seconds a missing image may take to pull
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     id: str
     region: str
@@ -103,6 +109,7 @@ class NodeConfig:
     work_root: str  # local: per-session working directories are created below it
     env: Mapping[str, str] = field(default_factory=dict)
     ssh: SshSettings | None = None
+    container: ContainerSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -350,7 +357,7 @@ def load_policy(path: str) -> Policy:
 
 # ---------------------------------------------------------------- nodes.yaml
 
-_NODE_KEYS = ("id", "region", "tier", "connector", "capacity", "shell", "work_root", "env", "ssh")
+_NODE_KEYS = ("id", "region", "tier", "connector", "capacity", "shell", "work_root", "env", "ssh", "container")
 _SSH_KEYS = ("host", "port", "user", "key_file", "host_key", "connect_timeout", "max_sessions_per_connection")
 
 
@@ -405,13 +412,21 @@ def load_nodes(path: str) -> tuple[NodeConfig, ...]:
         connector = r.str("connector", "local")
         if connector not in CONNECTORS:
             r.fail("connector", f"must be one of {', '.join(CONNECTORS)}, not {connector!r}")
-        ssh = None
+        ssh = container = None
         if connector == "ssh":
             ssh = _ssh_settings(path, r.key("ssh"), r.get("ssh"))
             shell = r.strings("shell", ())  # empty: the login shell of the node's user
+        elif connector == "container":
+            c = _Reader(path, r.key("container"), r.get("container", {}), ("runtime", "pull_timeout"))
+            runtime = c.str("runtime", "runc")
+            if runtime not in ("runc", "crun"):
+                c.fail("runtime", f"must be runc or crun, not {runtime!r}")
+            container = ContainerSettings(runtime, c.number("pull_timeout", 60.0))
+            shell = r.strings("shell", ("/bin/sh",))  # inside the image
         else:
-            if "ssh" in r.data:
-                r.fail("ssh", "is only for nodes with connector: ssh")
+            for key in ("ssh", "container"):
+                if key in r.data:
+                    r.fail(key, f"is only for nodes with connector: {key}")
             shell = r.strings("shell", ("/bin/bash", "-l"))
             if not shell:
                 r.fail("shell", "must name a program (a list like [/bin/bash, -l])")
@@ -438,6 +453,7 @@ def load_nodes(path: str) -> tuple[NodeConfig, ...]:
                 work_root=work_root,
                 env=dict(env),
                 ssh=ssh,
+                container=container,
             )
         )
     return tuple(nodes)

@@ -30,6 +30,8 @@ from cloudshell_fog.limits import TokenBuckets
 from cloudshell_fog.metrics import Metrics
 from cloudshell_fog.nodes import NodeInventory, NodeProber, NodeState
 from cloudshell_fog.runtime.isolation import Accounts, Isolation, detect_cgroups, sandbox_works
+from cloudshell_fog.runtime.container import ContainerConnector, detect_runtime, remove_containers, \
+    session_containers
 from cloudshell_fog.runtime.local import LocalPtyConnector
 from cloudshell_fog.runtime.ssh import SshConnector
 from cloudshell_fog.runtime.procs import become_subreaper, reap_orphans
@@ -147,7 +149,9 @@ def build_parts(config: Config, reactor, clock=None, store=None, isolation=None)
     isolation = isolation or make_isolation(config)
     metrics = Metrics()
     connectors = {"local": lambda node: LocalPtyConnector(node, reactor, isolation=isolation),
-                  "ssh": lambda node: SshConnector(node, reactor)}
+                  "ssh": lambda node: SshConnector(node, reactor),
+                  "container": lambda node: ContainerConnector(node, reactor, policy=lambda: sessions.policy,
+                                                               runtime=node.container.runtime)}
 
     def make_connector(node):
         return connectors[node.connector](node)
@@ -203,6 +207,12 @@ class SessionsService(Service):
         super().startService()
         signal.signal(signal.SIGHUP, lambda *_: self._reactor.callFromThread(self._parts.reloader.reload))
         reconciled = self._parts.sessions.restore()
+        if any(n.connector == "container" for n in self._parts.config.nodes):
+            # Containers outlive a crashed gateway: theirs sessions are terminated now, so they go.
+            left = [name for name, _ in session_containers()]
+            if left:
+                remove_containers(left)
+                log.info("removed {count} containers of sessions from before the restart", count=len(left))
         if reconciled:
             log.info("{count} sessions were running when the gateway last stopped: now terminated "
                      "(gateway-restart)", count=reconciled)
@@ -237,6 +247,14 @@ def makeService(options, reactor=None):
     except StoreError as e:
         sys.stderr.write(f"cloudshell-fog: configuration error: STATE_DB: value: {e}\n")
         raise SystemExit(2) from None
+    containers = [n for n in config.nodes if n.connector == "container"]
+    if containers:
+        runtime = detect_runtime(containers[0].container.runtime)
+        if runtime is None:
+            sys.stderr.write("cloudshell-fog: configuration error: nodes.yaml: connector: container: podman cannot "
+                             "run containers here (install podman and runc)\n")
+            raise SystemExit(2)
+        log.info("containers run with podman and {runtime}", runtime=runtime)
     isolation = make_isolation(config)
     if not config.development:
         problem = None

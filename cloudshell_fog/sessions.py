@@ -264,7 +264,8 @@ class SessionManager:
         self._audit.emit(events.PLACEMENT_DECIDED, session.id, session.subject, session.placement,
                          reasons=session.placement["reasons"])
         self._audit.emit(events.RUNTIME_ALLOCATED, session.id, session.subject, session.placement,
-                         node_id=session.placement["node_id"], image_ref=session.image_ref)
+                         node_id=session.placement["node_id"], image_ref=session.image_ref,
+                         image_digest=getattr(stream, "image_digest", None))
         return session, self.grant(session)
 
     def _start(self, session: Session, stream) -> None:

@@ -354,7 +354,7 @@ BAD_NODES = [
     ("id-duplicate", _nodes(GOOD, "{id: n0, region: r, tier: cloud, capacity: 1}"), "nodes[1].id", "'n0' is used by two nodes"),
     ("tier-bad", _nodes(GOOD, "{id: n1, region: r, tier: edge, capacity: 1}"), "nodes[1].tier", "must be one of fog, cloud, not 'edge'"),
     ("tier-missing", _nodes("{id: n0, region: r, capacity: 1}"), "nodes[0].tier", "is required"),
-    ("connector-bad", _nodes("{id: n0, region: r, tier: fog, capacity: 1, connector: k8s}"), "nodes[0].connector", "must be one of local, ssh, not 'k8s'"),
+    ("connector-bad", _nodes("{id: n0, region: r, tier: fog, capacity: 1, connector: k8s}"), "nodes[0].connector", "must be one of local, ssh, container, not 'k8s'"),
     ("ssh-missing", _nodes("{id: n0, region: r, tier: fog, capacity: 1, connector: ssh}"), "nodes[0].ssh", "is required"),
     ("ssh-on-local", _nodes("{id: n0, region: r, tier: fog, capacity: 1, ssh: {host: h}}"), "nodes[0].ssh", "is only for nodes with connector: ssh"),
     ("ssh-no-key-file", _nodes("{id: n0, region: r, tier: fog, capacity: 1, connector: ssh, ssh: {host: h, user: u, key_file: /nonexistent/key, host_key: x}}"), "nodes[0].ssh.key_file", "/nonexistent/key does not exist"),

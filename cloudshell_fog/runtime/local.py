@@ -61,6 +61,7 @@ class LocalPtyStream(ProcessProtocol):
         self._clock, self._workdir, self._kill_grace = clock, workdir, kill_grace
         self._on_clean = on_clean
         self.cgroup = cgroup
+        self.on_end = None  # called once when the shell is ended (containers remove themselves)
         self._marker, self._tty = marker, tty
         self._consumer = None
         self._pending: list[bytes] = []
@@ -136,6 +137,9 @@ class LocalPtyStream(ProcessProtocol):
         """Signal the shell's session and descendants, then SIGKILL what is left after a grace."""
         if self.pid is None:
             return
+        if self.on_end is not None:
+            on_end, self.on_end = self.on_end, None
+            on_end()
         self._processes.update(session_processes(self.pid, self._marker, self._live_tty()))
         signal_processes(self._processes, first_signal)
         if self._kill_call is None or not self._kill_call.active():
@@ -269,13 +273,20 @@ class LocalPtyConnector:
                                        profile is not None and profile.network == "none", isolation.hidden)
         env = self.environment(session_id, home, account)
         env.update(launch_env)
-        try:
-            master, slave = os.openpty()
-        except OSError as e:
+        return self._spawn_on_pty(session_id, argv, env, home, size, workdir, cgroup)
+
+    def _spawn_on_pty(self, session_id, argv, env, cwd, size, workdir, cgroup) -> LocalPtyStream:
+        """Start C{argv} on a new PTY of C{size}; clean C{workdir} and C{cgroup} up if that fails."""
+        def undo():
             if workdir:
                 shutil.rmtree(workdir, ignore_errors=True)
             if cgroup is not None:
                 cgroup.remove()
+
+        try:
+            master, slave = os.openpty()
+        except OSError as e:
+            undo()
             if e.errno in (errno.ENOSPC, errno.EAGAIN, errno.EMFILE, errno.ENFILE, errno.ENOENT):
                 raise RuntimeUnavailable(
                     "pty-exhausted",
@@ -289,7 +300,7 @@ class LocalPtyConnector:
                 self._kill_grace, on_clean=self._streams.discard, cgroup=cgroup,
             )
             set_window_size(master, size.cols, size.rows)
-            self._reactor.spawnProcess(stream, argv[0], argv, env=env, path=home, usePTY=(master, slave, tty))
+            self._reactor.spawnProcess(stream, argv[0], argv, env=env, path=cwd, usePTY=(master, slave, tty))
         except OSError as e:
             # With a caller-supplied PTY, Twisted closes neither end when the spawn fails.
             for fd in (master, slave):
@@ -297,10 +308,7 @@ class LocalPtyConnector:
                     os.close(fd)
                 except OSError:
                     pass
-            if workdir:
-                shutil.rmtree(workdir, ignore_errors=True)
-            if cgroup is not None:
-                cgroup.remove()
+            undo()
             raise RuntimeUnavailable("spawn-failed", f"Cannot start the shell: {e.strerror}.") from None
         self._streams.add(stream)
         return stream
