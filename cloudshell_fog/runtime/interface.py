@@ -92,3 +92,28 @@ class IRuntimeConnector(Interface):
 
     def stop() -> None:
         """Gateway shutdown, after every session has ended: finish any cleanup still pending."""
+
+
+class OutputDelivery:
+    """
+    The consumer side every stream shares: output and the exit go to the
+    registered consumer; what arrives before L{setConsumer} is kept and
+    delivered then.  Needs C{exit_code} on the stream.
+    """
+
+    _consumer = None
+    _early: list = None
+
+    def deliver(self, data: bytes) -> None:
+        if self._consumer is not None:
+            self._consumer.outputReceived(data)
+        else:
+            self._early = (self._early or []) + [data]
+
+    def setConsumer(self, consumer) -> None:
+        self._consumer = consumer
+        early, self._early = self._early or [], None
+        for data in early:
+            consumer.outputReceived(data)
+        if self.exit_code is not None:
+            consumer.exited(self.exit_code)

@@ -20,8 +20,10 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from cloudshell_fog.eager import write_now
 from cloudshell_fog.runtime.interface import (
     IPtyStream,
+    OutputDelivery,
     IRuntimeConnector,
     RuntimeUnavailable,
     TerminalSize,
@@ -51,7 +53,7 @@ def set_window_size(fd: int, cols: int, rows: int) -> None:
 
 
 @implementer(IPtyStream)
-class LocalPtyStream(ProcessProtocol):
+class LocalPtyStream(OutputDelivery, ProcessProtocol):
     """One local shell on a PTY; also its ProcessProtocol."""
 
     _log = Logger()
@@ -63,8 +65,6 @@ class LocalPtyStream(ProcessProtocol):
         self.cgroup = cgroup
         self.on_end = None  # called once when the shell is ended (containers remove themselves)
         self._marker, self._tty = marker, tty
-        self._consumer = None
-        self._pending: list[bytes] = []
         self._ended: list[Deferred] = []
         self._processes: dict[int, int] = {}
         self._kill_call = None
@@ -77,10 +77,7 @@ class LocalPtyStream(ProcessProtocol):
         self.pid = self.transport.pid
 
     def childDataReceived(self, childFD, data):
-        if self._consumer is not None:
-            self._consumer.outputReceived(data)
-        else:
-            self._pending.append(data)
+        self.deliver(data)
 
     def processExited(self, reason):
         # The leader is gone; whatever it left in its session ends too.
@@ -96,17 +93,10 @@ class LocalPtyStream(ProcessProtocol):
 
     # -- IPtyStream
 
-    def setConsumer(self, consumer):
-        self._consumer = consumer
-        pending, self._pending = self._pending, []
-        for data in pending:
-            consumer.outputReceived(data)
-        if self.exit_code is not None:
-            consumer.exited(self.exit_code)
-
     def write(self, data: bytes) -> None:
         if self.exit_code is None:
             self.transport.write(data)
+            write_now(self.transport)
 
     def resize(self, cols: int, rows: int) -> None:
         if self.exit_code is None:

@@ -33,7 +33,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from cloudshell_fog.runtime.interface import IPtyStream, IRuntimeConnector, RuntimeUnavailable, TerminalSize
+from cloudshell_fog.runtime.interface import (
+    IPtyStream,
+    IRuntimeConnector,
+    OutputDelivery,
+    RuntimeUnavailable,
+    TerminalSize,
+)
 
 NODE_LOST_EXIT = 255
 KILL_GRACE_SECONDS = 2.0
@@ -179,15 +185,13 @@ class _ClientFactory(protocol.ClientFactory):
 
 
 @implementer(IPtyStream)
-class SshPtyStream(channel.SSHChannel):
+class SshPtyStream(OutputDelivery, channel.SSHChannel):
     name = b"session"
 
     def __init__(self, conn, size: TerminalSize, command: bytes | None, clock, term=b"xterm-256color"):
         super().__init__(conn=conn)
         self._size, self._command, self._clock, self._term = size, command, clock, term
         self.opened: Deferred = Deferred()
-        self._consumer = None
-        self._pending: list[bytes] = []
         self._input_producer = None
         self._status: int | None = None
         self._ended: list[Deferred] = []
@@ -221,10 +225,7 @@ class SshPtyStream(channel.SSHChannel):
             self.opened.errback(SshFailure("channel-refused", f"the node refused a session channel: {reason}"))
 
     def dataReceived(self, data):
-        if self._consumer is not None:
-            self._consumer.outputReceived(data)
-        else:
-            self._pending.append(data)
+        self.deliver(data)
 
     def extReceived(self, dataType, data):
         self.dataReceived(data)  # stderr: with a PTY there is none, but never drop bytes
@@ -266,14 +267,6 @@ class SshPtyStream(channel.SSHChannel):
             self._input_producer.resumeProducing()
 
     # -- IPtyStream
-
-    def setConsumer(self, consumer):
-        self._consumer = consumer
-        pending, self._pending = self._pending, []
-        for data in pending:
-            consumer.outputReceived(data)
-        if self.exit_code is not None:
-            consumer.exited(self.exit_code)
 
     def registerInputProducer(self, producer):
         self._input_producer = producer

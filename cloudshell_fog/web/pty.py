@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from cloudshell_fog import audit as events
+from cloudshell_fog.eager import write_now
 from cloudshell_fog.terminal import IAttachment, exit_frame
 from cloudshell_fog.web.frames import BadFrame, Resize, parse_client_frame
 
@@ -124,6 +125,7 @@ class PtyWebSocket(WebSocketServerProtocol):
     def sendOutput(self, frame: bytes) -> None:
         if self.state == self.STATE_OPEN:
             self.sendMessage(frame)
+            write_now(self.transport)
 
     def sendExit(self, code: int) -> None:
         if self.state == self.STATE_OPEN:
