@@ -78,7 +78,7 @@ class Policy:
     profiles: Mapping[str, Profile]
     max_sessions_per_subject: int
     images: ImageRules
-    accounts: AccountRules = AccountRules("/var/lib/cloudshell-fog/home", 200000, 299999)
+    accounts: AccountRules = AccountRules("/home/cloudshell-fog", 200000, 299999)
 
 
 @dataclass(frozen=True)
@@ -339,7 +339,7 @@ def load_policy(path: str) -> Policy:
     quotas = _Reader(path, "quotas", top.get("quotas", {}), ("max_sessions_per_subject",))
     images = _Reader(path, "images", top.get("images", {}), ("allowed_registries", "require_digest"))
     accounts = _Reader(path, "accounts", top.get("accounts", {}), ("home_root", "uid_min", "uid_max"))
-    home_root = accounts.str("home_root", "/var/lib/cloudshell-fog/home")
+    home_root = accounts.str("home_root", "/home/cloudshell-fog")
     if not os.path.isabs(home_root):
         accounts.fail("home_root", f"{home_root!r} must be an absolute path")
     uid_min = accounts.int("uid_min", 200000, minimum=1000, maximum=2**31 - 2)

@@ -198,8 +198,13 @@ class SessionManager:
                 events.POLICY_DENIED, subject=principal.subject, rule_id=decision.rule_id, profile=profile.name
             )
             raise ApiError(403, "policy_denied", decision.reason, rule_id=decision.rule_id)
+        views = self._inventory.views()
+        able = [v for v in views if self._inventory.connector(v.id).supports(profile)]
+        if views and not able:
+            raise ApiError(500, "no_capacity", f"No node can give profile {profile.name!r} its isolation "
+                                               "(sandbox or network: none needs a local or container node).")
         try:
-            ranking = place(request.placement_hint, self._inventory.views())
+            ranking = place(request.placement_hint, able)
         except NoCapacity as e:
             raise ApiError(500, "no_capacity", str(e)) from None
 
@@ -228,7 +233,7 @@ class SessionManager:
                 )
             except RuntimeUnavailable as e:
                 self._inventory.release(node.id)
-                failures.append(f"{node.id}: {e.message}")
+                failures.append(f"{node.id}: {e.message.rstrip('.')}")
                 failover.append(f"failover:{node.id}:{e.why}")
                 self._audit.emit(events.RUNTIME_FAILED, session.id, principal.subject, node_id=node.id, why=e.why)
                 continue

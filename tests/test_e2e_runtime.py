@@ -121,3 +121,22 @@ async def test_tokens_never_reach_the_logs(gateway):
     audit = gateway.audit_path.read_text()
     for secret in (bearer, token, "typed-secret"):
         assert secret not in audit
+
+
+@pytest_twisted.ensureDeferred
+async def test_isolation_profiles_never_land_on_nodes_that_cannot_honour_them(tmp_path):
+    """A network: none profile is not placed on an SSH node (whose isolation is its own)."""
+    from support import POLICY
+
+    policy = {**POLICY, "profiles": {**POLICY["profiles"], "offline": {
+        "max_ttl_seconds": 60, "sandbox": "namespaces", "network": "none", "run_as": "cloudshell-test"}}}
+    gw = Gateway(tmp_path, policy=policy, nodes=[node("fog-local", "fog", work_root=WORK_ROOT)])
+    gw.start()
+    try:
+        ssh_like = gw.parts.inventory.connector("fog-local")
+        ssh_like.supports = lambda profile: profile.network == "host"  # as SshConnector answers
+        response = await gw.request("POST", "/v1/sessions", {"profile": "offline", "ttl_seconds": 60})
+        assert (response.status, response.json["error"]["code"]) == (500, "no_capacity")
+        assert "isolation" in response.json["error"]["message"]
+    finally:
+        await gw.stop()

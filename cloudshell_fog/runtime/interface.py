@@ -83,6 +83,9 @@ class IRuntimeConnector(Interface):
             L{RuntimeUnavailable}.
         """
 
+    def supports(profile) -> bool:
+        """Whether shells here can honour C{profile}'s isolation (sandbox, network)."""
+
     def probe():
         """
         @return: a Deferred firing with the round-trip time to the node in

@@ -109,12 +109,16 @@ class Accounts:
             raise AccountError(f"account {name} does not exist, and only root can create it")
         home = os.path.join(self.home_root, name)
         os.makedirs(self.home_root, mode=0o755, exist_ok=True)
+        os.chmod(self.home_root, 0o755)  # whatever the umask (systemd's UMask=0077): owners reach their homes
         command = ["useradd", "--user-group", "--create-home", "--home-dir", home, "--shell", "/bin/bash",
                    "--comment", comment]
         if uid is not None:
             command += ["--uid", str(uid)]
         command.append(name)
-        result = subprocess.run(command, capture_output=True, text=True, timeout=30)
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise AccountError(f"useradd {name} could not run: {e}") from None
         if result.returncode != 0 and result.returncode != 9:  # 9: created meanwhile by another start
             raise AccountError(f"useradd {name} failed: {result.stderr.strip() or result.returncode}")
         os.chmod(home, 0o700)

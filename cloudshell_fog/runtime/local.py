@@ -182,6 +182,10 @@ class LocalPtyConnector:
         self._kill_grace = kill_grace
         self._streams: set[LocalPtyStream] = set()  # started and not yet cleaned up
 
+    def supports(self, profile) -> bool:
+        """Local shells honour every profile setting (sandbox and network through bubblewrap)."""
+        return True
+
     def probe(self):
         """The host is there; the node is usable while its shell is (no network: no RTT)."""
         if os.access(self._node.shell[0], os.X_OK):
@@ -244,6 +248,7 @@ class LocalPtyConnector:
             home = workdir = os.path.join(self._node.work_root, session_id)
             try:
                 os.makedirs(self._node.work_root, mode=0o711, exist_ok=True)
+                os.chmod(self._node.work_root, 0o711)  # whatever the umask: accounts must traverse it
                 os.mkdir(workdir, 0o700)
                 if account is not None:
                     os.chown(workdir, account.uid, account.gid)
