@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import resource
 import signal
 import sys
 from dataclasses import dataclass
@@ -205,6 +206,11 @@ class SessionsService(Service):
 
     def startService(self):
         super().startService()
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:  # two descriptors per session (PTY and socket): take all the host allows
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        log.info("file descriptor limit {limit}, pseudo-terminal limit {ptys}",
+                 limit=max(soft, hard), ptys=_pty_max())
         signal.signal(signal.SIGHUP, lambda *_: self._reactor.callFromThread(self._parts.reloader.reload))
         reconciled = self._parts.sessions.restore()
         if any(n.connector == "container" for n in self._parts.config.nodes):
@@ -322,6 +328,14 @@ class ListenService(StreamServerEndpointService):
             why = e.socketError.strerror if isinstance(e.socketError, OSError) else str(e.socketError)
             sys.stderr.write(f"cloudshell-fog: cannot listen on {self._description}: {why}\n")
             raise SystemExit(1) from None
+
+
+def _pty_max() -> str:
+    try:
+        with open("/proc/sys/kernel/pty/max") as f:
+            return f.read().strip()
+    except OSError:
+        return "unknown"
 
 
 def _clean_exit(reactor) -> None:

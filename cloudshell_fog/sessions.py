@@ -250,6 +250,9 @@ class SessionManager:
             break
         else:
             self._discard(session)
+            if failover and all(reason.endswith(":pty-exhausted") for reason in failover):
+                raise ApiError(503, "pty_exhausted", "No node has a pseudo-terminal or file descriptor free: "
+                               + "; ".join(failures) + ".", headers={"Retry-After": "30"})
             raise ApiError(
                 500, "runtime_failed", "No node could start the shell: " + "; ".join(failures) + "."
             )

@@ -140,3 +140,23 @@ async def test_isolation_profiles_never_land_on_nodes_that_cannot_honour_them(tm
         assert "isolation" in response.json["error"]["message"]
     finally:
         await gw.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_pty_left_anywhere_is_503_with_retry_after(tmp_path, monkeypatch):
+    """When every node is out of PTYs, creation fails fast with 503 pty_exhausted and Retry-After."""
+    gw = Gateway(tmp_path)
+    gw.start()
+
+    def no_pty():
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    try:
+        monkeypatch.setattr(os, "openpty", no_pty)
+        response = await gw.request("POST", "/v1/sessions", {"profile": "default", "ttl_seconds": 60})
+        monkeypatch.undo()
+        assert (response.status, response.json["error"]["code"]) == (503, "pty_exhausted")
+        assert response.header("Retry-After") == "30"
+        assert "fog-local" in response.json["error"]["message"] and "cloud-local" in response.json["error"]["message"]
+    finally:
+        await gw.stop()
