@@ -214,7 +214,7 @@ class SessionsService(Service):
         signal.signal(signal.SIGHUP, lambda *_: self._reactor.callFromThread(self._parts.reloader.reload))
         reconciled = self._parts.sessions.restore()
         if any(n.connector == "container" for n in self._parts.config.nodes):
-            # Containers outlive a crashed gateway: theirs sessions are terminated now, so they go.
+            # Containers outlive a crashed gateway: their sessions are terminated now, so they go.
             left = [name for name, _ in session_containers()]
             if left:
                 remove_containers(left)

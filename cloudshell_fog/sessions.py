@@ -199,10 +199,11 @@ class SessionManager:
             )
             raise ApiError(403, "policy_denied", decision.reason, rule_id=decision.rule_id)
         views = self._inventory.views()
-        able = [v for v in views if self._inventory.connector(v.id).supports(profile)]
+        able = [v for v in views if self._inventory.connector(v.id).supports(profile, decision.image_ref)]
         if views and not able:
-            raise ApiError(500, "no_capacity", f"No node can give profile {profile.name!r} its isolation "
-                                               "(sandbox or network: none needs a local or container node).")
+            what = f"image {decision.image_ref} (images run on container nodes)" if decision.image_ref else \
+                f"profile {profile.name!r}'s isolation (sandbox or network: none needs a local or container node)"
+            raise ApiError(500, "no_capacity", f"No node can run {what}.")
         try:
             ranking = place(request.placement_hint, able)
         except NoCapacity as e:

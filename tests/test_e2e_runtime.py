@@ -134,7 +134,7 @@ async def test_isolation_profiles_never_land_on_nodes_that_cannot_honour_them(tm
     gw.start()
     try:
         ssh_like = gw.parts.inventory.connector("fog-local")
-        ssh_like.supports = lambda profile: profile.network == "host"  # as SshConnector answers
+        ssh_like.supports = lambda profile, image_ref: profile.network == "host"  # as SshConnector answers
         response = await gw.request("POST", "/v1/sessions", {"profile": "offline", "ttl_seconds": 60})
         assert (response.status, response.json["error"]["code"]) == (500, "no_capacity")
         assert "isolation" in response.json["error"]["message"]

@@ -286,6 +286,11 @@ async def test_production_pins_images_and_refuses_dev_tokens(tmp_path, issuer):
         denied = await gw.request("POST", "/v1/sessions", body, token=token)
         assert (denied.status, denied.json["error"]["rule_id"]) == (403, "images.require_digest")
         body["image_ref"] = "ghcr.io/acme/shell@sha256:" + "a" * 64
+        admitted = await gw.request("POST", "/v1/sessions", body, token=token)
+        # Admitted by policy; these local nodes run no images, so no node can keep that promise.
+        assert (admitted.status, admitted.json["error"]["code"]) == (500, "no_capacity")
+        assert "container nodes" in admitted.json["error"]["message"]
+        del body["image_ref"]
         created = await gw.request("POST", "/v1/sessions", body, token=token)
         assert created.status == 201, created
         await gw.request("DELETE", f"/v1/sessions/{created.json['session_id']}", token=token)

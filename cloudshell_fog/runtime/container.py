@@ -93,9 +93,9 @@ class ContainerConnector(LocalPtyConnector):
         d.addCallback(lambda digest_ref: self._start(session_id, profile, size, digest_ref))
         return d
 
-    def supports(self, profile) -> bool:
-        """A container is the sandbox; --network none honours network: none."""
-        return True
+    def supports(self, profile, image_ref=None) -> bool:
+        """Containers run images; a container is the sandbox, and --network none honours network: none."""
+        return image_ref is not None
 
     def resolve(self, image: str) -> str:
         """C{name@sha256:...} of the local image for C{image}, pulling it first when allowed."""

@@ -83,8 +83,8 @@ class IRuntimeConnector(Interface):
             L{RuntimeUnavailable}.
         """
 
-    def supports(profile) -> bool:
-        """Whether shells here can honour C{profile}'s isolation (sandbox, network)."""
+    def supports(profile, image_ref) -> bool:
+        """Whether shells here honour C{profile}'s isolation (sandbox, network) and run C{image_ref} (or none)."""
 
     def probe():
         """

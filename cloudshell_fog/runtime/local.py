@@ -182,9 +182,9 @@ class LocalPtyConnector:
         self._kill_grace = kill_grace
         self._streams: set[LocalPtyStream] = set()  # started and not yet cleaned up
 
-    def supports(self, profile) -> bool:
-        """Local shells honour every profile setting (sandbox and network through bubblewrap)."""
-        return True
+    def supports(self, profile, image_ref=None) -> bool:
+        """Local shells honour sandbox and network (bubblewrap), but run no images."""
+        return image_ref is None
 
     def probe(self):
         """The host is there; the node is usable while its shell is (no network: no RTT)."""

@@ -40,8 +40,17 @@ def _all_pids() -> list[int]:
     return [int(name) for name in os.listdir("/proc") if name.isdigit()]
 
 
-def _holds(pid: int, marker: bytes | None, tty: str | None) -> bool:
-    """True when the process carries C{marker} in its environment or has C{tty} open."""
+def file_identity(path: str) -> tuple[int, int] | None:
+    """(device, inode) of a file: the same path in another mount namespace is another file."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _holds(pid: int, marker: bytes | None, tty: str | None, tty_id: tuple[int, int] | None) -> bool:
+    """True when the process carries C{marker} in its environment or has our terminal open."""
     if marker is not None:
         try:
             with open(f"/proc/{pid}/environ", "rb") as f:
@@ -52,7 +61,10 @@ def _holds(pid: int, marker: bytes | None, tty: str | None) -> bool:
     if tty is not None:
         try:
             for fd in os.listdir(f"/proc/{pid}/fd"):
-                if os.readlink(f"/proc/{pid}/fd/{fd}") == tty:
+                link = f"/proc/{pid}/fd/{fd}"
+                # Every container and sandbox has its own devpts where "/dev/pts/0" names another
+                # terminal: a matching name must also be the same file.
+                if os.readlink(link) == tty and file_identity(link) == tty_id:
                     return True
         except OSError:
             pass
@@ -74,8 +86,10 @@ def session_processes(leader: int, marker: bytes | None = None, tty: str | None 
         st = _stat(pid)
         if st is not None and st[0] != "Z" and pid != me:
             table[pid] = st
+    tty_id = file_identity(tty) if tty is not None else None
     found = {
-        pid for pid, st in table.items() if pid == leader or st[2] == leader or _holds(pid, marker, tty)
+        pid for pid, st in table.items()
+        if pid == leader or st[2] == leader or _holds(pid, marker, tty, tty_id)
     }
     grew = True
     while grew:

@@ -423,9 +423,9 @@ class SshConnector:
     def allocate(self, session_id, profile, image_ref, size: TerminalSize = TerminalSize(), subject=None):
         return Deferred.fromCoroutine(self._allocate(session_id, size))
 
-    def supports(self, profile) -> bool:
-        """A remote node's isolation is its own: profiles asking for a sandbox or no network go elsewhere."""
-        return profile is None or (profile.sandbox == "none" and profile.network == "host")
+    def supports(self, profile, image_ref=None) -> bool:
+        """A remote node's isolation is its own: images, sandboxes and no-network go elsewhere."""
+        return image_ref is None and (profile is None or (profile.sandbox == "none" and profile.network == "host"))
 
     async def _probe(self) -> float:
         fresh = not self._conns
