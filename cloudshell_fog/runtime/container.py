@@ -113,8 +113,8 @@ class ContainerConnector(LocalPtyConnector):
                 raise RuntimeUnavailable("pull-timeout", f"Pulling {image} took longer than "
                                                          f"{self._container.pull_timeout:g} s.") from None
             if pulled.returncode != 0:
-                raise RuntimeUnavailable("pull-failed", f"Cannot pull {image}: "
-                                                        f"{pulled.stderr.strip().splitlines()[-1:] or ['unknown error']}")
+                last = (pulled.stderr.strip().splitlines() or ["unknown error"])[-1]
+                raise RuntimeUnavailable("pull-failed", f"Cannot pull {image}: {last}")
             digest = self._inspect(image)
         if digest is None:
             raise RuntimeUnavailable("image-missing", f"Image {image} has no digest on node {self.node_id}.")
