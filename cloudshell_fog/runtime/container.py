@@ -93,6 +93,20 @@ class ContainerConnector(LocalPtyConnector):
         d.addCallback(lambda digest_ref: self._start(session_id, profile, size, digest_ref))
         return d
 
+    def probe(self):
+        """The node can start containers while podman answers (no network: no RTT)."""
+        def check():
+            try:
+                ok = podman("--runtime", self._runtime, "info", "--format", "{{.Host.OCIRuntime.Name}}",
+                            timeout=10).returncode == 0
+            except (OSError, subprocess.TimeoutExpired):
+                ok = False
+            if not ok:
+                raise RuntimeUnavailable("podman-unavailable", f"podman with {self._runtime} does not answer")
+            return None
+
+        return threads.deferToThreadPool(self._reactor, self._reactor.getThreadPool(), check)
+
     def supports(self, profile, image_ref=None) -> bool:
         """Containers run images; a container is the sandbox, and --network none honours network: none."""
         return image_ref is not None
