@@ -181,3 +181,16 @@ async def test_restart_removes_containers_of_sessions_that_were_running(tmp_path
         await gw.stop()
         if again is not None:
             await again.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_container_node_is_probed_through_podman(boxes):
+    """The prober asks podman; a runtime podman cannot use makes the node unhealthy."""
+    await boxes.parts.prober.probe("box-local")
+    state = boxes.parts.inventory.states()[0]
+    assert state.healthy and state.failures == 0
+    connector = boxes.parts.inventory.connector("box-local")
+    connector._runtime = "no-such-runtime"
+    for _ in range(2):
+        await boxes.parts.prober.probe("box-local")
+    assert not state.healthy
