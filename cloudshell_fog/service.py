@@ -31,7 +31,7 @@ from cloudshell_fog.limits import TokenBuckets
 from cloudshell_fog.metrics import Metrics
 from cloudshell_fog.nodes import NodeInventory, NodeProber, NodeState
 from cloudshell_fog.runtime.isolation import Accounts, Isolation, detect_cgroups, sandbox_works
-from cloudshell_fog.runtime.container import ContainerConnector, detect_runtime, remove_containers, \
+from cloudshell_fog.runtime.container import ContainerConnector, remove_containers, runtime_works, \
     session_containers
 from cloudshell_fog.runtime.local import LocalPtyConnector
 from cloudshell_fog.runtime.ssh import SshConnector
@@ -253,20 +253,22 @@ def makeService(options, reactor=None):
     except StoreError as e:
         sys.stderr.write(f"cloudshell-fog: configuration error: STATE_DB: value: {e}\n")
         raise SystemExit(2) from None
-    containers = [n for n in config.nodes if n.connector == "container"]
-    if containers:
-        runtime = detect_runtime(containers[0].container.runtime)
-        if runtime is None:
-            sys.stderr.write("cloudshell-fog: configuration error: nodes.yaml: connector: container: podman cannot "
-                             "run containers here (install podman and runc)\n")
-            raise SystemExit(2)
-        log.info("containers run with podman and {runtime}", runtime=runtime)
+    for index, node in enumerate(config.nodes):
+        if node.connector == "container":
+            if not runtime_works(node.container.runtime):
+                sys.stderr.write(f"cloudshell-fog: configuration error: {config.nodes_file}: "
+                                 f"nodes[{index}].container.runtime: podman cannot run containers with "
+                                 f"{node.container.runtime} here (install podman and {node.container.runtime})\n")
+                raise SystemExit(2)
+            log.info("node {node_id}: containers run with podman and {runtime}", node_id=node.id,
+                     runtime=node.container.runtime)
     isolation = make_isolation(config)
     if not config.development:
         problem = None
         if isolation.cgroups is None and any(n.connector == "local" for n in config.nodes):
             problem = "resource limits are configured but no cgroup is writable (run as root with cgroups)"
-        elif any(p.sandbox == "namespaces" for p in config.policy.profiles.values()) and isolation.sandbox_problem:
+        elif (any(p.sandbox == "namespaces" for p in config.policy.profiles.values()) and isolation.sandbox_problem
+              and any(n.connector == "local" for n in config.nodes)):  # only local shells use bubblewrap
             problem = f"a profile asks for sandbox: namespaces, but {isolation.sandbox_problem}"
         if problem:
             sys.stderr.write(f"cloudshell-fog: configuration error: CLOUDSHELL_ENV: production: {problem}\n")

@@ -43,18 +43,14 @@ def podman(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
     return subprocess.run([PODMAN, *args], capture_output=True, text=True, timeout=timeout)
 
 
-def detect_runtime(preferred: str = "runc") -> str | None:
-    """The OCI runtime podman can use here, or None (logged by the caller)."""
+def runtime_works(runtime: str) -> bool:
+    """Whether podman is here and answers with C{runtime} as its OCI runtime."""
     if not os.access(PODMAN, os.X_OK):
-        return None
-    for runtime in dict.fromkeys([preferred, "runc", "crun"]):
-        if shutil.which(runtime) or os.path.exists(f"/usr/sbin/{runtime}"):
-            try:
-                if podman("--runtime", runtime, "info", "--format", "{{.Host.OCIRuntime.Name}}").returncode == 0:
-                    return runtime
-            except (OSError, subprocess.TimeoutExpired):
-                continue
-    return None
+        return False
+    try:
+        return podman("--runtime", runtime, "info", "--format", "{{.Host.OCIRuntime.Name}}").returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
 
 
 def session_containers() -> list[tuple[str, str]]:
@@ -164,12 +160,7 @@ class ContainerConnector(LocalPtyConnector):
         return argv + [digest_ref, *self._node.shell]
 
     def _start(self, session_id, profile, size, digest_ref):
-        workdir = os.path.join(self._node.work_root, session_id)
-        try:
-            os.makedirs(self._node.work_root, mode=0o711, exist_ok=True)
-            os.mkdir(workdir, 0o700)
-        except OSError as e:
-            raise RuntimeUnavailable("workdir-failed", f"Cannot create the session volume: {e.strerror}.") from None
+        workdir = self._make_workdir(session_id)  # the home volume
         env = {"PATH": os.environ.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
                "TERM": "xterm-256color", "CLOUDSHELL_SESSION_ID": session_id, "HOME": workdir}
         stream = self._spawn_on_pty(session_id, self.argv(session_id, profile, digest_ref, workdir), env,

@@ -233,11 +233,17 @@ class CgroupV1(CgroupDriver):
         return cls(bases)
 
     def create(self, name: str, limits: Limits) -> Cgroup:
-        directories = []
-        for controller, base in self._bases.items():
-            directory = base / name
-            directory.mkdir(exist_ok=True)
-            directories.append(directory)
+        cgroup = Cgroup([base / name for base in self._bases.values()], None)
+        try:
+            for directory in cgroup.directories:
+                directory.mkdir(exist_ok=True)
+            self._limit(name, limits)
+        except OSError:
+            cgroup.remove()  # never leave half a cgroup behind
+            raise
+        return cgroup
+
+    def _limit(self, name: str, limits: Limits) -> None:
         memory, pids, cpu = (self._bases[c] / name for c in self.CONTROLLERS)
         (memory / "memory.limit_in_bytes").write_text(str(limits.memory_mb * 2**20))
         try:  # swap counts too where the kernel accounts it, so the limit cannot be dodged by swapping
@@ -249,7 +255,6 @@ class CgroupV1(CgroupDriver):
         period = 100_000
         (cpu / "cpu.cfs_period_us").write_text(str(period))
         (cpu / "cpu.cfs_quota_us").write_text(str(max(1000, int(limits.cpu * period))))
-        return Cgroup(directories, None)
 
 
 class CgroupV2(CgroupDriver):

@@ -245,17 +245,7 @@ class LocalPtyConnector:
         if persistent_home:
             home = account.home
         else:
-            home = workdir = os.path.join(self._node.work_root, session_id)
-            try:
-                os.makedirs(self._node.work_root, mode=0o711, exist_ok=True)
-                os.chmod(self._node.work_root, 0o711)  # whatever the umask: accounts must traverse it
-                os.mkdir(workdir, 0o700)
-                if account is not None:
-                    os.chown(workdir, account.uid, account.gid)
-            except OSError as e:
-                raise RuntimeUnavailable(
-                    "workdir-failed", f"Cannot create the session directory on node {self.node_id}: {e.strerror}."
-                ) from None
+            home = workdir = self._make_workdir(session_id, account)
         cgroup = None
         if isolation.cgroups is not None and profile is not None:
             try:
@@ -269,6 +259,21 @@ class LocalPtyConnector:
         env = self.environment(session_id, home, account)
         env.update(launch_env)
         return self._spawn_on_pty(session_id, argv, env, home, size, workdir, cgroup)
+
+    def _make_workdir(self, session_id: str, account: Account | None = None) -> str:
+        """The session's own directory under work_root (mode 0700, owned by C{account})."""
+        workdir = os.path.join(self._node.work_root, session_id)
+        try:
+            os.makedirs(self._node.work_root, mode=0o711, exist_ok=True)
+            os.chmod(self._node.work_root, 0o711)  # whatever the umask: accounts must traverse it
+            os.mkdir(workdir, 0o700)
+            if account is not None:
+                os.chown(workdir, account.uid, account.gid)
+        except OSError as e:
+            raise RuntimeUnavailable(
+                "workdir-failed", f"Cannot create the session directory on node {self.node_id}: {e.strerror}."
+            ) from None
+        return workdir
 
     def _spawn_on_pty(self, session_id, argv, env, cwd, size, workdir, cgroup) -> LocalPtyStream:
         """Start C{argv} on a new PTY of C{size}; clean C{workdir} and C{cgroup} up if that fails."""
