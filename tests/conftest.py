@@ -43,10 +43,24 @@ def no_shell_outlives_the_suite():
 
 
 @pytest_twisted.async_yield_fixture
-async def gateway(tmp_path):
-    gw = Gateway(tmp_path)
-    gw.start()
+async def make_gateway(tmp_path):
+    """Start gateways (Gateway's arguments) for a test; every one is stopped at its end."""
+    started = []
+
+    def make(**kwargs) -> Gateway:
+        gw = Gateway(tmp_path, **kwargs)
+        gw.start()
+        started.append(gw)
+        return gw
+
     try:
-        yield gw
+        yield make
     finally:
-        await gw.stop()
+        for gw in reversed(started):
+            await gw.stop()
+
+
+@pytest.fixture
+def gateway(make_gateway):
+    """A gateway on the test policy and two local nodes."""
+    return make_gateway()

@@ -9,7 +9,7 @@ from twisted.internet.task import Clock
 from websockets.exceptions import InvalidStatus
 
 from cloudshell_fog.limits import TokenBuckets
-from support import Gateway, WsClient, in_thread
+from support import WsClient, in_thread
 
 
 def test_token_bucket_refills_at_its_rate():
@@ -25,16 +25,11 @@ def test_token_bucket_refills_at_its_rate():
     assert TokenBuckets(clock, per_minute=0, burst=1).take("x") == 0  # 0 disables
 
 
-@pytest_twisted.async_yield_fixture
-async def tight(tmp_path):
-    gw = Gateway(tmp_path, env={"CREATE_RATE_PER_MINUTE": "6", "CREATE_BURST": "2", "MAX_SESSIONS": "3",
-                                "MAX_ATTACHMENTS_PER_SESSION": "2", "HTTP_IDLE_TIMEOUT": "1",
-                                "HTTP_REQUEST_TIMEOUT": "1"})
-    gw.start()
-    try:
-        yield gw
-    finally:
-        await gw.stop()
+@pytest.fixture
+def tight(make_gateway):
+    return make_gateway(env={"CREATE_RATE_PER_MINUTE": "6", "CREATE_BURST": "2", "MAX_SESSIONS": "3",
+                             "MAX_ATTACHMENTS_PER_SESSION": "2", "HTTP_IDLE_TIMEOUT": "1",
+                             "HTTP_REQUEST_TIMEOUT": "1"})
 
 
 @pytest_twisted.ensureDeferred

@@ -107,16 +107,9 @@ def test_audit_rotation_loses_no_line(tmp_path):
     assert all(f.stat().st_size <= 4096 for f in files)
 
 
-@pytest_twisted.async_yield_fixture
-async def admin_gateway(tmp_path):
-    from support import Gateway
-
-    gw = Gateway(tmp_path, env={"DEV_GROUPS": "cloudshell-admins"})
-    gw.start()
-    try:
-        yield gw
-    finally:
-        await gw.stop()
+@pytest.fixture
+def admin_gateway(make_gateway):
+    return make_gateway(env={"DEV_GROUPS": "cloudshell-admins"})
 
 
 @pytest_twisted.ensureDeferred
