@@ -136,6 +136,8 @@ async def test_delete_and_ttl_leave_no_container(boxes):
     await in_thread(ws.type, "echo up-$((1+2))\n")
     await in_thread(ws.read_until, b"up-3", 20, seconds=20)
     expiring = await boxes.create(profile="box", token="t", ttl_seconds=30)
+    for created in (deleted, expiring):  # both containers exist, so "none left" below means something
+        assert await in_thread(_wait_listed, created["session_id"], seconds=12)
     await boxes.request("DELETE", f"/v1/sessions/{deleted['session_id']}", token="d")
     boxes.clock.advance(31)
     assert await in_thread(_wait_no_containers, seconds=30) == []
