@@ -162,8 +162,11 @@ async def test_idle_timeout_counts_input_not_output(gateway):
     await in_thread(ws.read_until, b"tick")
     gateway.clock.advance(50)
     await in_thread(ws.resize, 100, 30)  # input at t=50
-    await in_thread(ws.type, "typed-ahead")
-    await in_thread(ws.read_until, b"typed-ahead")  # echoed: the resize before it was handled
+    session = gateway.parts.sessions._sessions[sid]
+    deadline = time.monotonic() + 10
+    while session.last_input != gateway.clock.seconds():  # wait until the gateway has handled it
+        assert time.monotonic() < deadline, "the resize never reached the gateway"
+        await in_thread(time.sleep, 0.02)
     gateway.clock.advance(50)  # t=100: 50 s since input
     assert (await gateway.request("GET", f"/v1/sessions/{sid}")).json["status"] == "running"
     gateway.clock.advance(10)  # t=110: 60 s since input, output all along
